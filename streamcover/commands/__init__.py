@@ -1,0 +1,1 @@
+"""Subcommands of the ``streamcover`` CLI, one module each (see ``streamcover.cli``)."""

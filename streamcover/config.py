@@ -1,0 +1,182 @@
+"""The one settings object: every knob of streamcover is named here, once.
+
+Values come from (highest first) explicit arguments, environment variables
+prefixed ``STREAMCOVER_`` (nested with ``__``, e.g. ``STREAMCOVER_KAFKA__BOOTSTRAP_SERVERS``),
+an optional ``.env`` file in the working directory, then the defaults below.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_cache_dir() -> Path:
+    """Checkpoints, corpora, broker jars and other large state live outside the work tree."""
+    return Path.home() / ".cache" / "streamcover"
+
+
+class KafkaSettings(BaseModel):
+    """Where the broker is, which topics we use and how we authenticate."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    audio_topic: str = "streamcover.audio"
+    match_topic: str = "streamcover.matches"
+    dead_letter_topic: str = "streamcover.dead-letter"
+    state_topic: str = "streamcover.state"
+    group_id: str = "streamcover-monitor"
+    client_id: str = "streamcover"
+    transactional_id_prefix: str = "streamcover-monitor"
+    audio_partitions: int = Field(6, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+    request_timeout_ms: int = Field(30_000, ge=1000)
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                "security_protocol SASL_* needs kafka.sasl_mechanism, kafka.sasl_username "
+                "and kafka.sasl_password"
+            )
+        return self
+
+
+class AudioSettings(BaseModel):
+    """Windowing of the incoming audio: 20 s windows every 10 s, as in ByteCover3."""
+
+    window_seconds: float = Field(20.0, gt=0)
+    hop_seconds: float = Field(10.0, gt=0)
+    # Clips shorter than this are not embedded at all (ByteCover3 queries go down to 6 s).
+    min_clip_seconds: float = Field(6.0, gt=0)
+    # Sample rate a producer sends at; the monitor resamples anything else.
+    wire_sample_rate: int = Field(22_050, ge=8000, le=192_000)
+    # Seconds of audio per published frame.
+    frame_seconds: float = Field(0.5, gt=0, le=10)
+    # Largest accepted frame payload; bigger frames are dead-lettered.
+    max_frame_bytes: int = Field(1_048_576, ge=1024)
+
+    @model_validator(mode="after")
+    def _hop_fits(self) -> AudioSettings:
+        if self.hop_seconds > self.window_seconds:
+            raise ValueError("audio.hop_seconds must not exceed audio.window_seconds")
+        if self.min_clip_seconds > self.window_seconds:
+            raise ValueError("audio.min_clip_seconds must not exceed audio.window_seconds")
+        return self
+
+
+class FrontEndSettings(BaseModel):
+    """Which spectral feature feeds the encoder."""
+
+    name: Literal["cqt", "hpcp"] = "hpcp"
+    # Average-pooling factor along time for the CQT (hop 512 at 22.05 kHz -> 43 frames/s).
+    cqt_pool: int = Field(20, ge=1)
+
+
+class EncoderSettings(BaseModel):
+    """The ByteCover3 local encoder at inference time."""
+
+    # Shipped model checkpoint; relative paths resolve against the project root.
+    model_path: Path = Path("models/streamcover-hpcp-compact.pt")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(64, ge=1)
+    max_batch_wait_ms: float = Field(50.0, ge=0)
+    # CPU threads for torch intra-op work; 0 means "one per physical core".
+    threads: int = Field(0, ge=0)
+
+
+class CatalogSettings(BaseModel):
+    """The reference catalog and its two-stage search."""
+
+    path: Path = Field(default_factory=lambda: default_cache_dir() / "catalog")
+    index: Literal["hnsw", "hnsw_sq8", "hnsw_pq"] = "hnsw"
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_construction: int = Field(200, ge=8)
+    hnsw_ef_search: int = Field(128, ge=8)
+    pq_m: int = Field(64, ge=1)
+    top_k: int = Field(50, ge=1)
+    max_candidates: int = Field(250, ge=1)
+    snapshot_poll_seconds: float = Field(5.0, gt=0)
+
+
+class MatchSettings(BaseModel):
+    """When accumulated evidence becomes a match event."""
+
+    threshold: float = Field(0.55, ge=-1, le=1)
+    # Hysteresis: an open match is closed only when the score drops below this.
+    release_threshold: float = Field(0.45, ge=-1, le=1)
+    min_chunks: int = Field(1, ge=1)
+    # Live streams: chunks of history MaxMean looks at (the sliding horizon).
+    horizon_chunks: int = Field(6, ge=1)
+    # Emit an update when the score grows by at least this much.
+    update_min_delta: float = Field(0.02, ge=0)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> MatchSettings:
+        if self.release_threshold > self.threshold:
+            raise ValueError("match.release_threshold must not exceed match.threshold")
+        return self
+
+
+class MonitorSettings(BaseModel):
+    """The long-running monitor service."""
+
+    max_streams: int = Field(1000, ge=1)
+    idle_evict_seconds: float = Field(300.0, gt=0)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9464, ge=0, le=65535)
+    commit_interval_ms: int = Field(1000, ge=10)
+    # Largest sequence gap (in frames) filled with silence; larger gaps restart the stream window.
+    max_gap_frames: int = Field(20, ge=0)
+
+
+class TrainSettings(BaseModel):
+    """Defaults for training; a --config file overrides these per run."""
+
+    runs_dir: Path = Field(default_factory=lambda: default_cache_dir() / "runs")
+    seed: int = 1234
+
+
+class Settings(BaseSettings):
+    """All of streamcover's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMCOVER_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    audio: AudioSettings = Field(default_factory=AudioSettings)
+    frontend: FrontEndSettings = Field(default_factory=FrontEndSettings)
+    encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+    catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    match: MatchSettings = Field(default_factory=MatchSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return Settings()
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -1,0 +1,268 @@
+"""The one wire-format module: versioned msgpack schemas for everything on Kafka.
+
+Every record is a msgpack map with a ``v`` (schema version) and a ``type`` field.
+Both producers and consumers validate through the models below, so a record
+that decodes here is safe to use, and one that does not raises :class:`WireError`
+with a machine-readable ``reason`` suitable for a dead-letter record.
+See ``docs/wire-format.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgpack
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMA_VERSION: Literal[1] = 1
+
+SourceKind = Literal["upload", "live"]
+SampleFormat = Literal["int16", "float32"]
+StreamId = Annotated[str, Field(min_length=1, max_length=256)]
+
+_DTYPES: dict[str, np.dtype[Any]] = {"int16": np.dtype("<i2"), "float32": np.dtype("<f4")}
+
+
+class WireError(ValueError):
+    """A record that cannot be accepted. ``reason`` is a short stable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    v: Literal[1] = SCHEMA_VERSION
+
+
+class AudioFrame(_Record):
+    """A slice of PCM audio from one stream; the Kafka key is ``stream_id``.
+
+    ``seq`` numbers frames from 0 per stream, so gaps, duplicates and reordering
+    are detectable. ``start_sample`` is the stream-relative position of the first
+    sample, which lets the monitor place a frame exactly even after a gap.
+    """
+
+    type: Literal["audio"] = "audio"
+    stream_id: StreamId
+    seq: int = Field(ge=0)
+    start_sample: int = Field(ge=0)
+    sent_at: float = Field(description="producer wall clock, unix seconds")
+    sample_rate: int = Field(ge=8000, le=192_000)
+    channels: int = Field(ge=1, le=8)
+    sample_format: SampleFormat
+    source: SourceKind
+    eos: bool = False
+    payload: bytes = b""
+    title: str | None = Field(default=None, max_length=1024)
+
+    @model_validator(mode="after")
+    def _payload_shape(self) -> AudioFrame:
+        width = _DTYPES[self.sample_format].itemsize * self.channels
+        if len(self.payload) % width:
+            raise ValueError(
+                f"payload of {len(self.payload)} bytes is not a whole number of "
+                f"{self.channels}-channel {self.sample_format} samples"
+            )
+        if not self.payload and not self.eos:
+            raise ValueError("empty payload on a frame that is not end-of-stream")
+        return self
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.payload) // (_DTYPES[self.sample_format].itemsize * self.channels)
+
+    @property
+    def duration(self) -> float:
+        return self.num_samples / self.sample_rate
+
+    def samples(self) -> np.ndarray:
+        """Mono float32 samples in [-1, 1] (channels averaged); a view-free copy."""
+        raw = np.frombuffer(self.payload, dtype=_DTYPES[self.sample_format])
+        data = raw.reshape(-1, self.channels).astype(np.float32)
+        if self.sample_format == "int16":
+            data /= 32768.0
+        mono: np.ndarray = data.mean(axis=1) if self.channels > 1 else data[:, 0].copy()
+        return mono
+
+    @classmethod
+    def from_samples(
+        cls,
+        samples: np.ndarray,
+        *,
+        stream_id: str,
+        seq: int,
+        start_sample: int,
+        sample_rate: int,
+        source: SourceKind,
+        sample_format: SampleFormat = "int16",
+        eos: bool = False,
+        title: str | None = None,
+        sent_at: float | None = None,
+    ) -> AudioFrame:
+        """Pack float samples shaped (n,) or (n, channels) into a frame."""
+        arr = np.asarray(samples, dtype=np.float32)
+        if arr.ndim == 1:
+            arr = arr[:, None]
+        if arr.ndim != 2:
+            raise ValueError("samples must be (n,) or (n, channels)")
+        if sample_format == "int16":
+            payload = (np.clip(arr, -1.0, 32767 / 32768) * 32768.0).round().astype("<i2").tobytes()
+        else:
+            payload = arr.astype("<f4").tobytes()
+        return cls(
+            stream_id=stream_id,
+            seq=seq,
+            start_sample=start_sample,
+            sent_at=time.time() if sent_at is None else sent_at,
+            sample_rate=sample_rate,
+            channels=int(arr.shape[1]),
+            sample_format=sample_format,
+            source=source,
+            eos=eos,
+            payload=payload,
+            title=title,
+        )
+
+
+class Span(_Record):
+    """A time span in seconds."""
+
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Span:
+        if self.end < self.start:
+            raise ValueError("span end precedes its start")
+        return self
+
+
+EventKind = Literal["match", "update", "final", "setlist_segment", "setlist"]
+
+
+class SetListEntry(_Record):
+    reference_id: str
+    title: str | None = None
+    artist: str | None = None
+    stream_span: Span
+    score: float
+
+
+class MatchEvent(_Record):
+    """What the monitor says about a stream.
+
+    ``kind``:
+      * ``match`` — a reference passed the threshold for the first time in a segment;
+      * ``update`` — the score or aligned span of an open match grew;
+      * ``final`` — the verdict at the end of an upload (``reference_id`` is None when nothing matched);
+      * ``setlist_segment`` — a live segment closed;
+      * ``setlist`` — the whole set list of a stream so far (on demand and at end of stream).
+    """
+
+    type: Literal["match_event"] = "match_event"
+    event_id: str = Field(min_length=1, max_length=128)
+    kind: EventKind
+    stream_id: StreamId
+    source: SourceKind
+    reference_id: str | None = None
+    reference: dict[str, str] = Field(default_factory=dict)
+    score: float = 0.0
+    threshold: float
+    chunks_used: int = Field(ge=0)
+    stream_span: Span
+    reference_span: Span | None = None
+    model_id: str
+    catalog_version: str
+    latency_ms: float = Field(ge=0)
+    emitted_at: float
+    setlist: list[SetListEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _finite(self) -> MatchEvent:
+        for name in ("score", "threshold", "latency_ms", "emitted_at"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite")
+        if self.kind in ("match", "update", "setlist_segment") and self.reference_id is None:
+            raise ValueError(f"a {self.kind} event needs a reference_id")
+        return self
+
+
+class DeadLetter(_Record):
+    """A record the monitor could not use, kept with its original bytes for replay."""
+
+    type: Literal["dead_letter"] = "dead_letter"
+    reason: str
+    detail: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    original: bytes
+    at: float
+
+
+def event_id(*parts: object) -> str:
+    """A deterministic id: the same decision on the same input always gets the same id."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        h.update(repr(p).encode())
+        h.update(b"\x1f")
+    return h.hexdigest()
+
+
+R = TypeVar("R", bound=_Record)
+
+_TYPES: dict[str, type[_Record]] = {
+    "audio": AudioFrame,
+    "match_event": MatchEvent,
+    "dead_letter": DeadLetter,
+}
+
+
+def encode(record: _Record) -> bytes:
+    """Serialise a validated record to msgpack."""
+    return msgpack.packb(record.model_dump(mode="python"), use_bin_type=True)
+
+
+def decode_any(data: bytes) -> _Record:
+    """Parse and validate any record type; raises :class:`WireError`."""
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated exception types
+        raise WireError("malformed", f"not valid msgpack ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(obj, dict):
+        raise WireError("malformed", f"expected a map, got {type(obj).__name__}")
+    version = obj.get("v")
+    if version != SCHEMA_VERSION:
+        raise WireError("unknown_version", f"schema version {version!r} is not supported")
+    kind = obj.get("type")
+    model = _TYPES.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise WireError("unknown_type", f"record type {kind!r} is not known")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise WireError("invalid", _summarise(exc)) from exc
+
+
+def decode(data: bytes, model: type[R]) -> R:
+    """Parse and validate one record of the expected type; raises :class:`WireError`."""
+    record = decode_any(data)
+    if not isinstance(record, model):
+        raise WireError("unexpected_type", f"expected {model.__name__}, got {type(record).__name__}")
+    return record
+
+
+def _summarise(exc: ValidationError) -> str:
+    errs = exc.errors(include_url=False)
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<record>'}: {e['msg']}" for e in errs[:5]]
+    more = f" (+{len(errs) - 5} more)" if len(errs) > 5 else ""
+    return "; ".join(parts) + more
