@@ -41,6 +41,11 @@ class KafkaSettings(BaseModel):
     ssl_keyfile: Path | None = None
     ssl_check_hostname: bool = True
     request_timeout_ms: int = Field(30_000, ge=1000)
+    # Largest record the producer sends (aiokafka max_request_size); must not exceed the
+    # broker's message.max.bytes (the local broker and docker-compose.yml use 8 MiB).
+    max_message_bytes: int = Field(8_388_608, ge=1024)
+    # Replicas per topic created by consumers.kafka.ensure_topics (1 for the local broker).
+    topic_replication_factor: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -101,13 +106,16 @@ class CatalogSettings(BaseModel):
     """The reference catalog and its two-stage search."""
 
     path: Path = Field(default_factory=lambda: default_cache_dir() / "catalog")
-    index: Literal["hnsw", "hnsw_sq8", "hnsw_pq"] = "hnsw"
+    index: Literal["hnsw", "hnsw_sq8", "hnsw_sq4", "hnsw_pq"] = "hnsw"
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_construction: int = Field(200, ge=8)
     hnsw_ef_search: int = Field(128, ge=8)
     pq_m: int = Field(64, ge=1)
     top_k: int = Field(50, ge=1)
     max_candidates: int = Field(250, ge=1)
+    # Compressed indexes (SQ8, PQ): fetch top_k x this by compressed distance, re-score exactly
+    # from the float16 store, keep top_k.
+    stage1_refine: int = Field(4, ge=1)
     snapshot_poll_seconds: float = Field(5.0, gt=0)
 
 
@@ -122,6 +130,14 @@ class MatchSettings(BaseModel):
     horizon_chunks: int = Field(6, ge=1)
     # Emit an update when the score grows by at least this much.
     update_min_delta: float = Field(0.02, ge=0)
+    # ... or when the aligned reference span grows by at least this many seconds.
+    update_min_span_s: float = Field(30.0, ge=0)
+    # Uploads: at most this many chunks (newest) form the query (20 min at a 10 s hop).
+    max_upload_chunks: int = Field(120, ge=1)
+    # Live: a segment closes after this many chunks in a row below release_threshold ...
+    change_patience_chunks: int = Field(2, ge=1)
+    # ... or at once when another reference beats it on the newest chunk by this margin.
+    change_margin: float = Field(0.05, ge=0)
 
     @model_validator(mode="after")
     def _hysteresis(self) -> MatchSettings:
@@ -140,6 +156,12 @@ class MonitorSettings(BaseModel):
     commit_interval_ms: int = Field(1000, ge=10)
     # Largest sequence gap (in frames) filled with silence; larger gaps restart the stream window.
     max_gap_frames: int = Field(20, ge=0)
+    # Frames that may arrive early and wait for a missing predecessor.
+    reorder_frames: int = Field(4, ge=0)
+    # Transactional id of this monitor instance (unique per running instance; stable across restarts).
+    instance_id: str = "0"
+    # Upper bound for the seconds a poll may block, so batching and eviction stay responsive.
+    poll_timeout_ms: int = Field(100, ge=1)
 
 
 class TrainSettings(BaseModel):

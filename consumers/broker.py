@@ -1,0 +1,787 @@
+"""A real, local Apache Kafka broker for tests, the demo and development.
+
+Why this exists: streamcover is tested against a real broker, never a mock. The broker
+runtime comes from Maven Central (``ops/kafka/pom.xml``) into ``~/.cache/streamcover/kafka``,
+and :class:`KafkaBroker` runs ONE combined broker+controller (KRaft, no ZooKeeper) on
+127.0.0.1 with free ports, a capped heap and a throw-away log directory:
+
+1. fetch the jars if missing (``mvn dependency:copy-dependencies``, idempotent, locked);
+2. write ``server.properties`` (and, optionally, a self-signed CA plus a SASL_SSL listener);
+3. ``kafka.tools.StorageTool format -t <cluster id> -c server.properties`` (static quorum
+   via ``controller.quorum.voters``, so no ``--standalone``);
+4. ``java -Xmx512m -cp <jars> kafka.Kafka server.properties``;
+5. ready once an admin metadata call (aiokafka) lists the broker;
+6. stop with SIGTERM (Kafka's controlled shutdown), SIGKILL after a grace period.
+
+Also a CLI: ``python -m consumers.broker run|fetch`` (``streamcover broker`` calls
+:func:`cli_main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import base64
+import concurrent.futures
+import contextlib
+import fcntl
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from pydantic import SecretStr
+
+from streamcover.config import PROJECT_ROOT, KafkaSettings, default_cache_dir
+from streamcover.log import get_logger
+
+log = get_logger("consumers.broker")
+
+DEFAULT_KAFKA_VERSION = "4.4.0"
+"""Broker version the pom fetches by default (see docs/broker.md for why)."""
+
+OPS_DIR = PROJECT_ROOT / "ops" / "kafka"
+POM_PATH = OPS_DIR / "pom.xml"
+LOG4J2_CONFIG = OPS_DIR / "log4j2.xml"
+
+SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+"""Mechanisms the SASL_SSL listener accepts; SCRAM users are created at format time."""
+
+MESSAGE_MAX_BYTES = 8 * 1024 * 1024
+"""Largest record batch the local broker accepts.
+
+Kafka's default (~1 MiB) is smaller than a maximal audio frame plus its dead-letter envelope;
+``KafkaSettings.max_message_bytes`` matches this on the client side.
+"""
+
+_COMPLETE_MARKER = ".streamcover-complete"
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be fetched, formatted or started (message says which)."""
+
+
+# --------------------------------------------------------------------------- jars
+
+
+def libs_dir(version: str = DEFAULT_KAFKA_VERSION, cache_dir: Path | None = None) -> Path:
+    """Where the jars of one Kafka version live (outside the work tree)."""
+    return (cache_dir or default_cache_dir()) / "kafka" / version / "libs"
+
+
+def jars_present(libs: Path) -> bool:
+    """True when a previous fetch completed into ``libs``."""
+    return (libs / _COMPLETE_MARKER).is_file() and any(libs.glob("kafka_2.13-*.jar"))
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Serialise fetches across processes (parallel test runs, several engineers)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def fetch_jars(
+    version: str = DEFAULT_KAFKA_VERSION,
+    *,
+    cache_dir: Path | None = None,
+    force: bool = False,
+    quiet: bool = True,
+    log4j2_version: str | None = None,
+) -> Path:
+    """Copy the broker jars from Maven Central into the cache, unless already there.
+
+    Idempotent: a marker file records a complete fetch, and a file lock keeps two processes
+    from fetching at once. Returns the directory holding the jars.
+    """
+    libs = libs_dir(version, cache_dir)
+    if jars_present(libs) and not force:
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError(
+            "Maven ('mvn') is not on PATH; it is needed once to fetch the Kafka jars "
+            "(apt-get install -y maven, or run ops/setup.sh)"
+        )
+    if not POM_PATH.is_file():
+        raise BrokerError(f"Kafka jar manifest {POM_PATH} is missing (run from a source checkout)")
+    with _file_lock(libs.parent / ".fetch.lock"):
+        if jars_present(libs) and not force:
+            return libs
+        if libs.exists():
+            shutil.rmtree(libs)
+        cmd = [
+            mvn, "-B", "-f", str(POM_PATH), "dependency:copy-dependencies",
+            f"-Dkafka.version={version}", f"-Dkafka.libs.dir={libs}",
+        ]
+        if quiet:
+            cmd.insert(1, "-q")
+        if log4j2_version:
+            cmd.append(f"-Dlog4j2.version={log4j2_version}")
+        log.info("fetching kafka jars", version=version, into=str(libs))
+        started = time.monotonic()
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-40:])
+            raise BrokerError(
+                f"fetching Kafka {version} jars with Maven failed (exit {proc.returncode}):\n{tail}"
+            )
+        (libs / _COMPLETE_MARKER).write_text(f"{version}\n")
+        log.info("kafka jars ready", version=version, seconds=round(time.monotonic() - started, 1))
+    return libs
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """An unused TCP port on the loopback interface (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: a random UUID, base64url without padding (22 chars).
+
+    Like Kafka's own ``Uuid.randomUuid`` it never starts with '-', which the StorageTool's
+    argument parser would take for an option.
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def _run_checked(cmd: Sequence[str], what: str, cwd: Path | None = None) -> str:
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, cwd=cwd, check=False)
+    if proc.returncode != 0:
+        out = (proc.stdout + proc.stderr).strip()
+        raise BrokerError(f"{what} failed (exit {proc.returncode}):\n{out[-4000:]}")
+    return proc.stdout
+
+
+def make_test_certificates(directory: Path, hostname: str = "localhost") -> tuple[Path, Path]:
+    """Create a throw-away CA and a server certificate for 127.0.0.1 / ``hostname``.
+
+    Returns ``(ca_pem, server_keystore_pem)``; the keystore holds the PKCS#8 key followed by
+    the certificate chain, which Kafka reads with ``ssl.keystore.type=PEM``. The extensions
+    (CA basic constraints, key usage, SAN, AKI) satisfy strict X.509 verification as done by
+    Python >= 3.13.
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise BrokerError("openssl is not on PATH; it is needed for the SASL_SSL listener")
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_pem = directory / "ca.key", directory / "ca.pem"
+    key, csr, crt = directory / "server.key", directory / "server.csr", directory / "server.crt"
+    ext = directory / "server.ext"
+    ext.write_text(
+        f"subjectAltName=IP:127.0.0.1,DNS:{hostname}\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+    )
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _run_checked(
+        [openssl, "req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca_pem),
+         "-days", "30", "-subj", "/CN=streamcover local test CA",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+         "-addext", "subjectKeyIdentifier=hash"],
+        "openssl: creating the test CA",
+    )
+    _run_checked(
+        [openssl, "req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={hostname}"],
+        "openssl: creating the broker key",
+    )
+    _run_checked(
+        [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca_pem), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-out", str(crt), "-days", "30", "-sha256", "-extfile", str(ext)],
+        "openssl: signing the broker certificate",
+    )
+    keystore = directory / "server-keystore.pem"
+    keystore.write_text(key.read_text() + crt.read_text() + ca_pem.read_text())
+    keystore.chmod(0o600)
+    return ca_pem, keystore
+
+
+async def probe_cluster(
+    settings: KafkaSettings, timeout_s: float = 5.0
+) -> dict[str, Any]:
+    """One admin metadata call; returns aiokafka's ``describe_cluster()`` dict."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from consumers.kafka import admin_kwargs
+
+    kwargs = admin_kwargs(settings)
+    kwargs["request_timeout_ms"] = max(1000, int(timeout_s * 1000))
+    admin = AIOKafkaAdminClient(**kwargs)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await admin.start()
+            info: dict[str, Any] = await admin.describe_cluster()
+            return info
+    finally:
+        await admin.close()
+
+
+def _in_thread(coro_factory: Any) -> Any:
+    """Run ``asyncio.run(coro_factory())`` on a helper thread.
+
+    The launcher is synchronous (fixtures, CLI) but may be called while an event loop is
+    running in this thread (an async test); a private thread and loop work in both cases.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka-probe") as pool:
+        return pool.submit(lambda: asyncio.run(coro_factory())).result()
+
+
+def _parent_death_signal() -> None:
+    """Ask Linux to SIGTERM the broker if the launching (main) thread dies, e.g. kill -9."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------- broker
+
+
+@dataclass(frozen=True)
+class BrokerPorts:
+    """The three loopback ports of a running broker (``sasl_ssl`` is 0 when disabled)."""
+
+    plaintext: int
+    controller: int
+    sasl_ssl: int = 0
+
+
+class KafkaBroker:
+    """One local KRaft broker+controller; a context manager.
+
+    >>> with KafkaBroker() as broker:
+    ...     broker.bootstrap_servers     # '127.0.0.1:<port>'
+
+    With ``sasl_ssl=True`` a second listener speaks SASL (SCRAM-SHA-512, SCRAM-SHA-256, PLAIN)
+    over TLS with a freshly generated CA: see :attr:`sasl_ssl_bootstrap_servers`,
+    :attr:`ssl_cafile`, :attr:`sasl_username`, :attr:`sasl_password` and
+    :meth:`client_settings`.
+    """
+
+    host = "127.0.0.1"
+
+    def __init__(
+        self,
+        *,
+        version: str = DEFAULT_KAFKA_VERSION,
+        port: int = 0,
+        sasl_ssl: bool = False,
+        sasl_ssl_port: int = 0,
+        sasl_username: str = "streamcover",
+        sasl_password: str | None = None,
+        heap: str = "512m",
+        startup_timeout_s: float = 120.0,
+        stop_grace_s: float = 30.0,
+        data_dir: Path | None = None,
+        keep_data: bool = False,
+        cache_dir: Path | None = None,
+        extra_properties: Mapping[str, str] | None = None,
+        jvm_args: Sequence[str] = (),
+        java: str = "java",
+        class_data_sharing: bool = True,
+    ) -> None:
+        self.version = version
+        self._requested_port = port
+        self.sasl_ssl = sasl_ssl
+        self._requested_sasl_port = sasl_ssl_port
+        self.sasl_username = sasl_username
+        # Alphanumeric: the StorageTool --add-scram syntax and JAAS quoting stay trivial.
+        self.sasl_password = sasl_password or secrets.token_hex(16)
+        self.heap = heap
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_grace_s = stop_grace_s
+        self._data_dir = data_dir
+        self.keep_data = keep_data or data_dir is not None
+        self.cache_dir = cache_dir
+        self.extra_properties = dict(extra_properties or {})
+        self.jvm_args = list(jvm_args)
+        self.java = java
+        self.class_data_sharing = class_data_sharing
+        self.cluster_id = new_cluster_id()
+
+        self.work_dir: Path | None = None
+        self.ports: BrokerPorts | None = None
+        self.ssl_cafile: Path | None = None
+        self.startup_seconds: float | None = None
+        self.cluster_info: dict[str, Any] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_fh: Any = None
+        self._own_work_dir = False
+        self._cds_args: list[str] = []
+        self._cds_archive: Path | None = None
+        self._cds_dump: Path | None = None
+
+    # ---------------------------------------------------------------- properties
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port`` of the PLAINTEXT listener."""
+        if self.ports is None:
+            raise BrokerError("broker not started")
+        return f"{self.host}:{self.ports.plaintext}"
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str:
+        """``host:port`` of the SASL_SSL listener (``sasl_ssl=True`` only)."""
+        if self.ports is None or not self.ports.sasl_ssl:
+            raise BrokerError("broker not started with sasl_ssl=True")
+        return f"{self.host}:{self.ports.sasl_ssl}"
+
+    @property
+    def log_path(self) -> Path:
+        """The broker's combined stdout/stderr (log4j2 console appender)."""
+        if self.work_dir is None:
+            raise BrokerError("broker not started")
+        return self.work_dir / "broker.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def poll(self) -> int | None:
+        """The broker JVM's exit status, or None while it runs (or before start)."""
+        return self._proc.poll() if self._proc else None
+
+    def client_settings(
+        self, *, secure: bool = False, mechanism: str = "SCRAM-SHA-512", **overrides: Any
+    ) -> KafkaSettings:
+        """``KafkaSettings`` pointing at this broker (``secure``: via SASL_SSL)."""
+        values: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers}
+        if secure:
+            values.update(
+                bootstrap_servers=self.sasl_ssl_bootstrap_servers,
+                security_protocol="SASL_SSL",
+                sasl_mechanism=mechanism,
+                sasl_username=self.sasl_username,
+                sasl_password=SecretStr(self.sasl_password),
+                ssl_cafile=self.ssl_cafile,
+            )
+        values.update(overrides)
+        return KafkaSettings(**values)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The broker's first ERROR/FATAL lines, then the last ``lines`` (for error messages).
+
+        Startup failures end in long stack traces; the ERROR line names the cause.
+        """
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except (OSError, BrokerError):
+            return "(no broker log)"
+        all_lines = text.splitlines()
+        errors = [ln for ln in all_lines if " ERROR " in ln or " FATAL " in ln][:5]
+        tail = all_lines[-lines:]
+        head = [ln for ln in errors if ln not in tail]
+        return "\n".join([*head, *(["..."] if head else []), *tail])
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> KafkaBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> KafkaBroker:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.stop)
+
+    def start(self) -> KafkaBroker:
+        """Fetch, configure, format, launch and wait until ready (see module doc)."""
+        if self._proc is not None:
+            raise BrokerError("broker already started")
+        t0 = time.monotonic()
+        libs = fetch_jars(self.version, cache_dir=self.cache_dir)
+        if shutil.which(self.java) is None:
+            raise BrokerError(f"'{self.java}' not found: a Java 17+ runtime is needed for Kafka")
+        try:
+            self._prepare_dir()
+            assert self.work_dir is not None
+            self.ports = BrokerPorts(
+                plaintext=self._requested_port or free_port(self.host),
+                controller=free_port(self.host),
+                sasl_ssl=(self._requested_sasl_port or free_port(self.host)) if self.sasl_ssl else 0,
+            )
+            for name, p in (("port", self.ports.plaintext), ("sasl_ssl_port", self.ports.sasl_ssl)):
+                if p and _port_open(self.host, p):
+                    raise BrokerError(f"{self.host}:{p} ({name}) is already in use")
+            if self.sasl_ssl:
+                self.ssl_cafile, keystore = make_test_certificates(self.work_dir / "tls")
+            else:
+                keystore = None
+            props = self.work_dir / "server.properties"
+            props.write_text(self._server_properties(keystore))
+            classpath = ":".join(str(j) for j in sorted(libs.glob("*.jar")))
+            self._cds_args = self._class_data_sharing(libs)
+            t_launch = time.monotonic()
+            self._format(classpath, props)
+            self._launch(classpath, props)
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - t_launch
+        log.info(
+            "kafka broker ready",
+            version=self.version,
+            bootstrap=self.bootstrap_servers,
+            sasl_ssl=self.sasl_ssl_bootstrap_servers if self.sasl_ssl else None,
+            startup_s=round(self.startup_seconds, 2),
+            total_s=round(time.monotonic() - t0, 2),
+        )
+        atexit.register(self.stop)
+        return self
+
+    def _prepare_dir(self) -> None:
+        if self._data_dir is not None:
+            self.work_dir = self._data_dir.resolve()
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            self._own_work_dir = False
+        else:
+            self.work_dir = Path(tempfile.mkdtemp(prefix="streamcover-kafka-"))
+            self._own_work_dir = True
+
+    def _server_properties(self, keystore: Path | None) -> str:
+        assert self.work_dir is not None and self.ports is not None
+        h, p = self.host, self.ports
+        listeners = [f"PLAINTEXT://{h}:{p.plaintext}", f"CONTROLLER://{h}:{p.controller}"]
+        advertised = [f"PLAINTEXT://{h}:{p.plaintext}"]
+        protocol_map = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+        props: dict[str, str] = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{h}:{p.controller}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(self.work_dir / "data"),
+            # A single node: every internal topic has exactly one replica.
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "5",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "5",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "num.partitions": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "true",
+            "message.max.bytes": str(MESSAGE_MAX_BYTES),
+            # Small footprint on a shared 2-core machine with a 512 MiB heap.
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+            "num.recovery.threads.per.data.dir": "1",
+            "log.cleaner.threads": "1",
+            "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+            "log.cleaner.backoff.ms": "1000",
+        }
+        if keystore is not None:
+            listeners.append(f"SASL_SSL://{h}:{p.sasl_ssl}")
+            advertised.append(f"SASL_SSL://{h}:{p.sasl_ssl}")
+            protocol_map.append("SASL_SSL:SASL_SSL")
+            scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            props.update(
+                {
+                    "sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+                    "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": scram,
+                    "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": scram,
+                    "listener.name.sasl_ssl.plain.sasl.jaas.config": (
+                        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                        f'user_{self.sasl_username}="{self.sasl_password}";'
+                    ),
+                    "ssl.keystore.type": "PEM",
+                    "ssl.keystore.location": str(keystore),
+                    "ssl.client.auth": "none",
+                }
+            )
+        props["listeners"] = ",".join(listeners)
+        props["advertised.listeners"] = ",".join(advertised)
+        props["listener.security.protocol.map"] = ",".join(protocol_map)
+        props.update(self.extra_properties)
+        lines = ["# written by consumers/broker.py; one combined KRaft broker+controller"]
+        lines += [f"{k}={v}" for k, v in props.items()]
+        return "\n".join(lines) + "\n"
+
+    def _jvm(self, classpath: str) -> list[str]:
+        cmd = [
+            self.java,
+            f"-Xmx{self.heap}",
+            "-Xss1m",
+            "-XX:+UseSerialGC",  # one small heap on 2 shared cores: fewest GC threads
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={self.work_dir}",
+        ]
+        if LOG4J2_CONFIG.is_file():
+            cmd.append(f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}")
+        return [*cmd, *self.jvm_args, "-cp", classpath]
+
+    def _class_data_sharing(self, libs: Path) -> list[str]:
+        """JVM flags for an application class-data-sharing archive of the broker's classes.
+
+        Why: on a busy 2-core machine much of the broker's start is class loading and
+        verification. The first broker run dumps the classes it loaded into a CDS archive
+        (``-XX:ArchiveClassesAtExit``, written when the JVM exits); later runs map it
+        (``-XX:SharedArchiveFile``). The archive is per Java runtime and jar set, cached next
+        to the jars; a stale or foreign archive is ignored by the JVM (``-Xshare:auto``).
+        """
+        if not self.class_data_sharing:
+            return []
+        java = shutil.which(self.java) or self.java
+        names = "\n".join(p.name for p in sorted(libs.glob("*.jar")))
+        key = hashlib.sha256(f"{os.path.realpath(java)}\n{names}".encode()).hexdigest()[:12]
+        self._cds_archive = libs.parent / f"broker-cds-{key}.jsa"
+        if self._cds_archive.is_file():
+            return [f"-XX:SharedArchiveFile={self._cds_archive}", "-Xshare:auto",
+                    "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
+        self._cds_dump = self._cds_archive.with_name(
+            f"{self._cds_archive.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        )
+        return []
+
+    def _format(self, classpath: str, props: Path) -> None:
+        cmd = [*self._jvm(classpath), *self._cds_args, "kafka.tools.StorageTool", "format",
+               "-t", self.cluster_id, "-c", str(props), "--ignore-formatted"]
+        if self.sasl_ssl:
+            for mech in ("SCRAM-SHA-512", "SCRAM-SHA-256"):
+                cmd += ["--add-scram",
+                        f"{mech}=[name={self.sasl_username},password={self.sasl_password}]"]
+        _run_checked(cmd, f"formatting KRaft storage ({props})")
+
+    def _launch(self, classpath: str, props: Path) -> None:
+        assert self.work_dir is not None
+        self._log_fh = self.log_path.open("ab")
+        on_main = threading.current_thread() is threading.main_thread()
+        dump = [f"-XX:ArchiveClassesAtExit={self._cds_dump}"] if self._cds_dump else []
+        self._proc = subprocess.Popen(
+            [*self._jvm(classpath), *self._cds_args, *dump, "kafka.Kafka", str(props)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_fh,
+            stderr=subprocess.STDOUT,
+            cwd=self.work_dir,
+            start_new_session=True,  # our SIGTERM, not the terminal's Ctrl-C, stops it
+            preexec_fn=_parent_death_signal if on_main else None,
+        )
+
+    def _wait_ready(self) -> None:
+        """Poll until an admin metadata call sees the broker, or fail with the log tail."""
+        assert self.ports is not None
+        deadline = time.monotonic() + self.startup_timeout_s
+        settings = self.client_settings()
+        last_error: BaseException | None = None
+        while time.monotonic() < deadline:
+            code = self.poll()
+            if code is not None:
+                raise BrokerError(
+                    f"Kafka broker exited with status {code} during startup; "
+                    f"log tail ({self.log_path}):\n{self.log_tail()}"
+                )
+            if _port_open(self.host, self.ports.plaintext):
+                try:
+                    info = _in_thread(lambda: probe_cluster(settings, timeout_s=5.0))
+                except Exception as exc:  # not ready yet: retried until the deadline
+                    last_error = exc
+                else:
+                    if info.get("brokers"):
+                        self.cluster_info = info
+                        return
+            time.sleep(0.2)
+        raise BrokerError(
+            f"Kafka broker on {self.bootstrap_servers} not ready after "
+            f"{self.startup_timeout_s:.0f} s (last probe error: {last_error!r}); "
+            f"log tail ({self.log_path}):\n{self.log_tail()}"
+        )
+
+    def stop(self, grace_s: float | None = None) -> int | None:
+        """SIGTERM the broker (controlled shutdown), SIGKILL after ``grace_s``; clean up.
+
+        Safe to call more than once. Returns the JVM's exit status (None if never started).
+        """
+        grace = self.stop_grace_s if grace_s is None else grace_s
+        code: int | None = None
+        proc = self._proc
+        if proc is not None:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    log.warning("kafka broker ignored SIGTERM; killing", pid=proc.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    proc.wait(timeout=30)
+            code = proc.returncode
+            self._proc = None
+        if self._cds_dump is not None:
+            # Keep the archive only from a complete dump (the JVM writes it at exit).
+            if self._cds_dump.is_file() and self._cds_dump.stat().st_size > 0 and code in (0, 143):
+                assert self._cds_archive is not None
+                os.replace(self._cds_dump, self._cds_archive)
+            self._cds_dump.unlink(missing_ok=True)
+            self._cds_dump = None
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
+        if self._own_work_dir and not self.keep_data and self.work_dir is not None:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+        return code
+
+
+def measure_startup(runs: int = 3, **broker_kwargs: Any) -> list[float]:
+    """Start and stop a broker ``runs`` times; the launch-to-ready seconds of each run."""
+    times: list[float] = []
+    for _ in range(runs):
+        with KafkaBroker(**broker_kwargs) as b:
+            assert b.startup_seconds is not None
+            times.append(b.startup_seconds)
+    return times
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+class _Terminated(BaseException):
+    """Raised from the SIGTERM handler so `with KafkaBroker()` unwinds and stops the JVM."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``run``/``fetch`` (shared by ``streamcover broker`` and ``-m``)."""
+    sub = parser.add_subparsers(dest="broker_action", metavar="ACTION", required=True)
+    fetch = sub.add_parser("fetch", help="download the Kafka broker jars (Maven) and exit")
+    run = sub.add_parser("run", help="start a local broker, print its address, wait for Ctrl-C")
+    for p in (fetch, run):
+        p.add_argument("--kafka-version", default=DEFAULT_KAFKA_VERSION,
+                       help="broker version (default %(default)s)")
+    fetch.add_argument("--force", action="store_true", help="fetch again even if present")
+    run.add_argument("--port", type=int, default=9092,
+                     help="PLAINTEXT port on 127.0.0.1 (0: any free port; default %(default)s, "
+                          "the default of kafka.bootstrap_servers)")
+    run.add_argument("--sasl-ssl", action="store_true",
+                     help="also open a SASL_SSL listener with a throw-away CA")
+    run.add_argument("--sasl-ssl-port", type=int, default=0, help="its port (0: any free port)")
+    run.add_argument("--data-dir", type=Path, default=None,
+                     help="keep broker data here across runs (default: a temporary directory)")
+    run.add_argument("--heap", default="512m", help="JVM -Xmx (default %(default)s)")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """Entry point behind ``streamcover broker``."""
+    if args.broker_action == "fetch":
+        t0 = time.monotonic()
+        present = jars_present(libs_dir(args.kafka_version)) and not args.force
+        libs = fetch_jars(args.kafka_version, force=args.force)
+        how = "already present" if present else f"fetched in {time.monotonic() - t0:.1f} s"
+        print(f"kafka {args.kafka_version} jars in {libs} ({how})")
+        return 0
+    if args.broker_action != "run":
+        raise BrokerError(f"unknown broker action {args.broker_action!r}")
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        with KafkaBroker(
+            version=args.kafka_version, port=args.port, sasl_ssl=args.sasl_ssl,
+            sasl_ssl_port=args.sasl_ssl_port, data_dir=args.data_dir, heap=args.heap,
+        ) as broker:
+            print(f"kafka {broker.version} ready in {broker.startup_seconds:.1f} s "
+                  f"(log: {broker.log_path})")
+            print(f"STREAMCOVER_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap_servers}")
+            if broker.sasl_ssl:
+                print("# SASL_SSL listener:")
+                print(f"STREAMCOVER_KAFKA__BOOTSTRAP_SERVERS={broker.sasl_ssl_bootstrap_servers}")
+                print("STREAMCOVER_KAFKA__SECURITY_PROTOCOL=SASL_SSL")
+                print("STREAMCOVER_KAFKA__SASL_MECHANISM=SCRAM-SHA-512")
+                print(f"STREAMCOVER_KAFKA__SASL_USERNAME={broker.sasl_username}")
+                print(f"STREAMCOVER_KAFKA__SASL_PASSWORD={broker.sasl_password}")
+                print(f"STREAMCOVER_KAFKA__SSL_CAFILE={broker.ssl_cafile}")
+            print("Ctrl-C or SIGTERM stops the broker.", flush=True)
+            while True:
+                code = broker.poll()
+                if code is not None:
+                    print(f"kafka broker exited unexpectedly with status {code}; log tail:\n"
+                          f"{broker.log_tail()}", file=sys.stderr)
+                    return 1
+                time.sleep(0.5)
+    except (KeyboardInterrupt, _Terminated):
+        print("kafka broker stopped", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m consumers.broker run|fetch``."""
+    parser = argparse.ArgumentParser(prog="python -m consumers.broker", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return cli_main(args)
+    except BrokerError as exc:
+        print(f"broker: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""Shared fixtures. The real Kafka broker's fixtures live here and only here.
+
+``kafka_broker`` starts ONE real KRaft broker (jars from Maven Central, see
+``consumers/broker.py``) per test session, with a PLAINTEXT and a SASL_SSL listener on
+127.0.0.1. ``kafka_settings`` / ``kafka_sasl_settings`` give each test fresh topic names,
+group id and transactional-id prefix, so tests never see each other's records.
+Tests that use them are marked ``broker`` automatically.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from streamcover.config import KafkaSettings
+
+_BROKER_FIXTURES = {"kafka_broker", "kafka_settings", "kafka_sasl_settings"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.broker)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[Any]:
+    """A real Apache Kafka broker (KRaft, broker+controller in one JVM) for the session."""
+    from consumers.broker import KafkaBroker
+
+    with KafkaBroker(sasl_ssl=True) as broker:
+        yield broker
+
+
+def _unique_names(request: pytest.FixtureRequest) -> dict[str, Any]:
+    test = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name).strip("-")[:40]
+    tag = f"{test}-{uuid.uuid4().hex[:8]}"
+    return {
+        "audio_topic": f"test.{tag}.audio",
+        "match_topic": f"test.{tag}.matches",
+        "dead_letter_topic": f"test.{tag}.dead-letter",
+        "state_topic": f"test.{tag}.state",
+        "group_id": f"test-{tag}",
+        "client_id": f"test-{tag}",
+        "transactional_id_prefix": f"test-{tag}",
+        "audio_partitions": 3,
+        # Fail fast in tests instead of waiting the production 30 s.
+        "request_timeout_ms": 15_000,
+    }
+
+
+@pytest.fixture
+def kafka_settings(kafka_broker: Any, request: pytest.FixtureRequest) -> KafkaSettings:
+    """``KafkaSettings`` for the PLAINTEXT listener with unique topics/group for this test.
+
+    Topics are not created: call ``consumers.kafka.ensure_topics(kafka_settings)``.
+    """
+    settings: KafkaSettings = kafka_broker.client_settings(**_unique_names(request))
+    return settings
+
+
+@pytest.fixture
+def kafka_sasl_settings(kafka_broker: Any, request: pytest.FixtureRequest) -> KafkaSettings:
+    """Like ``kafka_settings`` but through SASL_SSL (SCRAM-SHA-512, the broker's test CA)."""
+    settings: KafkaSettings = kafka_broker.client_settings(secure=True, **_unique_names(request))
+    return settings

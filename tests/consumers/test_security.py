@@ -1,0 +1,151 @@
+"""SASL over TLS against the real local broker's SASL_SSL listener.
+
+The monitor must reach secured clusters with nothing but settings; these tests build every
+client from ``KafkaSettings`` via ``consumers.kafka`` and check that the broker enforces
+both halves: the password (SASL) and the certificate chain + hostname (TLS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
+from pydantic import SecretStr
+
+from consumers.broker import KafkaBroker, make_test_certificates
+from consumers.kafka import consumer_kwargs, ensure_topics, producer_kwargs, ssl_context
+from streamcover.config import KafkaSettings
+
+
+async def _round_trip(settings: KafkaSettings, payload: bytes) -> bytes:
+    topic = settings.audio_topic
+    await ensure_topics(settings, {topic: 1})
+    producer = AIOKafkaProducer(**producer_kwargs(settings))
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, payload, key=b"secure-stream")
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(topic, **consumer_kwargs(settings))
+    await consumer.start()
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000)
+                for records in batch.values():
+                    for r in records:
+                        assert r.value is not None
+                        return r.value
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"])
+async def test_sasl_ssl_round_trip(
+    kafka_sasl_settings: KafkaSettings, mechanism: str
+) -> None:
+    settings = kafka_sasl_settings.model_copy(update={"sasl_mechanism": mechanism})
+    assert settings.security_protocol == "SASL_SSL"
+    assert settings.ssl_check_hostname  # the broker cert is verified, name included
+    kwargs = producer_kwargs(settings)
+    assert isinstance(kwargs["ssl_context"], ssl.SSLContext)
+    assert kwargs["sasl_mechanism"] == mechanism
+    payload = f"secured via {mechanism}".encode()
+    assert await _round_trip(settings, payload) == payload
+
+
+async def test_sasl_ssl_settings_from_environment(
+    kafka_sasl_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The STREAMCOVER_KAFKA__* variables (docker-compose, ops) configure the same thing."""
+    from streamcover.config import Settings
+
+    s = kafka_sasl_settings
+    assert s.sasl_password is not None
+    env = {
+        "STREAMCOVER_KAFKA__BOOTSTRAP_SERVERS": s.bootstrap_servers,
+        "STREAMCOVER_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+        "STREAMCOVER_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
+        "STREAMCOVER_KAFKA__SASL_USERNAME": str(s.sasl_username),
+        "STREAMCOVER_KAFKA__SASL_PASSWORD": s.sasl_password.get_secret_value(),
+        "STREAMCOVER_KAFKA__SSL_CAFILE": str(s.ssl_cafile),
+        "STREAMCOVER_KAFKA__AUDIO_TOPIC": s.audio_topic,
+        "STREAMCOVER_KAFKA__GROUP_ID": s.group_id,
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    settings = Settings(_env_file=None).kafka
+    assert settings.security_protocol == "SASL_SSL"
+    assert await _round_trip(settings, b"from env") == b"from env"
+
+
+async def _expect_connect_failure(
+    settings: KafkaSettings, caplog: pytest.LogCaptureFixture
+) -> str:
+    producer = AIOKafkaProducer(**producer_kwargs(settings, request_timeout_ms=10_000))
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="aiokafka"), pytest.raises(KafkaConnectionError):
+        try:
+            await producer.start()
+        finally:
+            await producer.stop()
+    return "\n".join(r.getMessage() for r in caplog.records)
+
+
+async def test_wrong_password_is_an_authentication_failure(
+    kafka_sasl_settings: KafkaSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    for mechanism in ("SCRAM-SHA-512", "PLAIN"):
+        bad = kafka_sasl_settings.model_copy(
+            update={"sasl_mechanism": mechanism, "sasl_password": SecretStr("not-the-password")}
+        )
+        log = await _expect_connect_failure(bad, caplog)
+        assert "[Error 58] SaslAuthenticationFailed" in log, log
+
+
+async def test_unknown_user_is_an_authentication_failure(
+    kafka_sasl_settings: KafkaSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = kafka_sasl_settings.model_copy(update={"sasl_username": "mallory"})
+    log = await _expect_connect_failure(bad, caplog)
+    assert "[Error 58] SaslAuthenticationFailed" in log, log
+
+
+async def test_untrusted_certificate_is_rejected(
+    kafka_sasl_settings: KafkaSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Right password, wrong CA: TLS verification stops the client before SASL."""
+    other_ca, _ = make_test_certificates(tmp_path / "other")
+    bad = kafka_sasl_settings.model_copy(update={"ssl_cafile": other_ca})
+    log = await _expect_connect_failure(bad, caplog)
+    assert "CERTIFICATE_VERIFY_FAILED" in log, log
+    assert "SaslAuthenticate" not in log  # never got as far as sending the password
+
+
+async def test_plaintext_client_cannot_use_the_secured_listener(
+    kafka_sasl_settings: KafkaSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    plain = KafkaSettings(
+        bootstrap_servers=kafka_sasl_settings.bootstrap_servers, request_timeout_ms=5_000
+    )
+    await _expect_connect_failure(plain, caplog)
+
+
+def test_ssl_settings_errors_name_the_setting(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(FileNotFoundError, match=r"kafka\.ssl_cafile"):
+        ssl_context(KafkaSettings(security_protocol="SSL", ssl_cafile=missing))
+    with pytest.raises(ValueError, match="sasl_mechanism"):
+        KafkaSettings(security_protocol="SASL_SSL")
+
+
+def test_broker_exposes_secured_listener(kafka_broker: KafkaBroker) -> None:
+    assert kafka_broker.sasl_ssl_bootstrap_servers.startswith("127.0.0.1:")
+    assert kafka_broker.sasl_ssl_bootstrap_servers != kafka_broker.bootstrap_servers
+    assert kafka_broker.ssl_cafile is not None and kafka_broker.ssl_cafile.is_file()
+    assert kafka_broker.sasl_username and kafka_broker.sasl_password
