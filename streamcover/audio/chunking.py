@@ -1,0 +1,213 @@
+"""Cut feature sequences into the fixed windows the encoder embeds (ByteCover3 local features).
+
+Rules (all in feature frames at ``fps`` frames per second; W = round(window_s·fps),
+H = round(hop_s·fps), M = floor(min_s·fps), the pooled frames a clip of exactly
+min_s seconds yields — 12 for 6 s at 2.1533 fps):
+
+* **Full windows** start at 0, H, 2H, … and are kept while they fit: start + W ≤ T.
+* **Tail.** If T > W and the audio after the end of the last full window is at least
+  ``min_s`` long (T − end ≥ M), one more window aligned to the end, [T − W, T), is added,
+  so that up to ``min_s`` of the end is covered at no cost to the window length. Shorter
+  tails are already inside the last full window's 10 s of overlap, minus < min_s.
+* **Short clips** (W > T ≥ M): one chunk of the whole clip, kept short (T frames, not
+  padded): the CNN ends in GeM pooling over time, which accepts any T, and zero padding
+  would drag the generalized mean and the chunk maximum towards silence. ``short="tile"``
+  repeats the clip up to W frames instead, for callers that need fixed shapes.
+* **Too short** (T < M): no chunk (an empty [0, bins, W] array); callers report it.
+* **Normalisation.** Each chunk is divided by its maximum (all-zero chunks stay zero), as
+  the sony/clews ByteCover3 re-implementation does for the CQT; HPCP rows are already
+  max-normalised, so for HPCP this only matters for all-zero chunks.
+
+Start times are the true starts ``start_frame / fps`` (a 10 s hop at 2.1533 fps is 22
+frames, 10.22 s). ``ChunkWindower`` applies the same rules to a stream and yields exactly
+the chunks of ``chunk_features`` on the concatenated frames (tested with hypothesis).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+__all__ = ["ChunkGeometry", "ChunkWindower", "chunk_features", "normalize_chunks"]
+
+ShortMode = Literal["keep", "tile"]
+
+
+@dataclass(frozen=True)
+class ChunkGeometry:
+    """Window, hop and minimum length in frames for a given frame rate."""
+
+    fps: float
+    window: int
+    hop: int
+    min_frames: int
+
+    @classmethod
+    def make(
+        cls, fps: float, window_s: float = 20.0, hop_s: float = 10.0, min_s: float = 6.0
+    ) -> ChunkGeometry:
+        if fps <= 0:
+            raise ValueError(f"frames_per_second must be positive, got {fps}")
+        if not 0 < hop_s <= window_s:
+            raise ValueError(f"need 0 < hop_s ({hop_s}) <= window_s ({window_s})")
+        if not 0 < min_s <= window_s:
+            raise ValueError(f"need 0 < min_s ({min_s}) <= window_s ({window_s})")
+        window = max(1, round(window_s * fps))
+        hop = max(1, min(window, round(hop_s * fps)))
+        min_frames = max(1, min(window, math.floor(min_s * fps + 1e-6)))
+        return cls(fps=fps, window=window, hop=hop, min_frames=min_frames)
+
+    def starts(self, n_frames: int) -> tuple[list[int], int | None]:
+        """Start frames of the full windows, and the tail/short start (or None)."""
+        w, h, m = self.window, self.hop, self.min_frames
+        if n_frames < w:
+            return [], (0 if n_frames >= m else None)
+        full = list(range(0, n_frames - w + 1, h))
+        end = full[-1] + w
+        tail = n_frames - w if n_frames - end >= m else None
+        return full, tail
+
+
+def normalize_chunks(chunks: np.ndarray) -> np.ndarray:
+    """Divide each chunk [N, bins, T] by its own maximum; all-zero chunks stay zero."""
+    if chunks.shape[0] == 0:
+        return chunks.astype(np.float32, copy=False)
+    peak = chunks.reshape(chunks.shape[0], -1).max(axis=1)
+    scale = np.where(peak > 0, 1.0 / np.where(peak > 0, peak, 1.0), 0.0).astype(np.float32)
+    return (chunks * scale[:, None, None]).astype(np.float32, copy=False)
+
+
+def _tile(clip: np.ndarray, length: int) -> np.ndarray:
+    reps = -(-length // clip.shape[-1])
+    return np.tile(clip, (1, reps))[:, :length]
+
+
+def chunk_features(
+    feat: np.ndarray,
+    frames_per_second: float,
+    window_s: float = 20.0,
+    hop_s: float = 10.0,
+    min_s: float = 6.0,
+    *,
+    normalize: bool = True,
+    short: ShortMode = "keep",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chunks [N, bins, Tw] and their start times in seconds [N] (rules in the module doc)."""
+    if feat.ndim != 2:
+        raise ValueError(f"expected features [bins, T], got shape {feat.shape}")
+    geo = ChunkGeometry.make(frames_per_second, window_s, hop_s, min_s)
+    bins, n = feat.shape
+    full, tail = geo.starts(n)
+    if n < geo.window:
+        if tail is None:
+            return (
+                np.zeros((0, bins, geo.window), dtype=np.float32),
+                np.zeros(0, dtype=np.float64),
+            )
+        clip = feat.astype(np.float32, copy=False)
+        if short == "tile":
+            clip = _tile(clip, geo.window)
+        chunks = clip[None].copy()
+        starts = [0]
+    else:
+        starts = full + ([tail] if tail is not None else [])
+        chunks = np.stack([feat[:, s : s + geo.window] for s in starts]).astype(np.float32)
+    if normalize:
+        chunks = normalize_chunks(chunks)
+    return chunks, np.asarray(starts, dtype=np.float64) / frames_per_second
+
+
+class ChunkWindower:
+    """The chunking rules for a stream: push feature frames, get windows as soon as complete.
+
+    Full windows come out of ``push`` as soon as their last frame arrives; ``flush`` (end of
+    stream) applies the tail and short-clip rules, so the concatenation of everything
+    returned equals ``chunk_features`` of the whole sequence. Memory is one window.
+    ``start_offset_s`` shifts the reported start times (e.g. a stream resumed mid-way).
+    """
+
+    def __init__(
+        self,
+        n_bins: int,
+        frames_per_second: float,
+        window_s: float = 20.0,
+        hop_s: float = 10.0,
+        min_s: float = 6.0,
+        *,
+        normalize: bool = True,
+        short: ShortMode = "keep",
+        start_offset_s: float = 0.0,
+    ) -> None:
+        self.n_bins = n_bins
+        self.geometry = ChunkGeometry.make(frames_per_second, window_s, hop_s, min_s)
+        self.normalize = normalize
+        self.short: ShortMode = short
+        self.start_offset_s = start_offset_s
+        self._buf = np.zeros((n_bins, 0), dtype=np.float32)
+        self._buf_start = 0  # absolute frame index of _buf[:, 0]
+        self._next_start = 0  # absolute start frame of the next full window
+        self._last_end: int | None = None  # end frame of the last full window emitted
+        self.frames_seen = 0
+        self._flushed = False
+
+    def _pack(self, chunks: list[np.ndarray], starts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        w = self.geometry.window
+        if not chunks:
+            return (
+                np.zeros((0, self.n_bins, w), dtype=np.float32),
+                np.zeros(0, dtype=np.float64),
+            )
+        arr = np.stack(chunks).astype(np.float32)
+        if self.normalize:
+            arr = normalize_chunks(arr)
+        times = np.asarray(starts, dtype=np.float64) / self.geometry.fps + self.start_offset_s
+        return arr, times
+
+    def push(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Add frames [bins, n]; return the windows completed by them and their start times."""
+        if self._flushed:
+            raise RuntimeError("ChunkWindower.push after flush")
+        if frames.ndim != 2 or frames.shape[0] != self.n_bins:
+            raise ValueError(f"expected frames [{self.n_bins}, n], got shape {frames.shape}")
+        self._buf = np.concatenate([self._buf, frames.astype(np.float32, copy=False)], axis=1)
+        self.frames_seen += frames.shape[1]
+        w, h = self.geometry.window, self.geometry.hop
+        chunks: list[np.ndarray] = []
+        starts: list[int] = []
+        while self._next_start + w <= self.frames_seen:
+            a = self._next_start - self._buf_start
+            chunks.append(self._buf[:, a : a + w].copy())
+            starts.append(self._next_start)
+            self._last_end = self._next_start + w
+            self._next_start += h
+        # Keep what later windows (or the end-aligned tail) may still need: the last W frames
+        # and everything from the next full window's start.
+        keep_from = min(self._next_start, max(0, self.frames_seen - w))
+        if keep_from > self._buf_start:
+            self._buf = self._buf[:, keep_from - self._buf_start :]
+            self._buf_start = keep_from
+        return self._pack(chunks, starts)
+
+    def flush(self) -> tuple[np.ndarray, np.ndarray]:
+        """End of stream: the end-aligned tail window or the single short chunk, if any."""
+        self._flushed = True
+        n = self.frames_seen
+        geo = self.geometry
+        if n < geo.window:
+            if n < geo.min_frames:
+                return self._pack([], [])
+            clip = self._buf[:, :n]
+            if self.short == "tile":
+                clip = _tile(clip, geo.window)
+            arr = clip[None].astype(np.float32)
+            if self.normalize:
+                arr = normalize_chunks(arr)
+            return arr, np.asarray([self.start_offset_s], dtype=np.float64)
+        assert self._last_end is not None
+        if n - self._last_end < geo.min_frames:
+            return self._pack([], [])
+        a = n - geo.window - self._buf_start
+        return self._pack([self._buf[:, a : a + geo.window].copy()], [n - geo.window])

@@ -1,0 +1,242 @@
+"""Front-ends: waveform -> feature matrix [bins, T] for the encoder, offline, batched or streamed.
+
+Both front-ends share one framing model, which is what makes streaming exact:
+
+* raw frame k is centred on sample k·hop of the signal and depends only on samples
+  [k·hop − context_left, k·hop + context_right);
+* offline, the signal gets ``context_left`` zeros before and ``context_right`` zeros after
+  it, and there is one raw frame per hop with its centre inside the signal, k = 0..S // hop
+  (so 20 s gives 862 raw frames and 43 pooled frames for both front-ends);
+* raw frames are pooled in non-overlapping groups of ``pool`` (HPCP: sum then unit-max;
+  CQT: mean), dropping an incomplete last group.
+
+``FeatureStream`` produces exactly the offline frames: ``push`` computes each raw frame as
+soon as its whole support has arrived, keeps only the samples later frames still need (so
+each new sample is transformed once, plus the frame overlap every framed transform has) and
+emits pooled frames when their group is complete; ``flush`` at the end of a finite stream
+adds the right-hand zeros and emits the last frames, as offline does. Raw frames are computed
+only when a pooled group can complete, so the per-call context (CQT: 2 × 6,656 samples of
+decimation-filter and kernel support; HPCP: one 4,096-sample frame) is re-read at most once
+per output frame, however small the pushes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from streamcover.audio.cqt import CQTParams, CQTTransform
+from streamcover.audio.hpcp import HPCPParams, hpcp_frames, pool_hpcp
+
+if TYPE_CHECKING:
+    from streamcover.config import FrontEndSettings
+
+__all__ = ["CQTFrontEnd", "FeatureStream", "FrontEnd", "HPCPFrontEnd", "make_frontend"]
+
+
+class FrontEnd(ABC):
+    """A feature extractor with a fixed sample rate, bin count and frame rate."""
+
+    name: str
+    sample_rate: int
+    n_bins: int
+    hop: int  # samples per raw frame
+    pool: int  # raw frames per output frame
+    context_left: int
+    context_right: int
+
+    @property
+    def frames_per_second(self) -> float:
+        """Output (pooled) frames per second."""
+        return self.sample_rate / self.hop / self.pool
+
+    def n_frames(self, n_samples: int) -> int:
+        """Output frames for a waveform of ``n_samples`` samples."""
+        return self.n_raw_frames(n_samples) // self.pool
+
+    def n_raw_frames(self, n_samples: int) -> int:
+        """Raw frames of an offline signal: one per hop with its centre inside the signal."""
+        return 0 if n_samples <= 0 else n_samples // self.hop + 1
+
+    @abstractmethod
+    def raw_frames(self, segment: torch.Tensor) -> torch.Tensor:
+        """Raw frames [B, F, bins] of a segment [B, n] whose first sample is a frame's left edge.
+
+        Frame j is centred on ``context_left + j·hop``; F = (n − context_left −
+        context_right) // hop + 1 (the frames with complete support).
+        """
+
+    @abstractmethod
+    def pool_frames(self, raw: torch.Tensor) -> torch.Tensor:
+        """Pool complete groups of ``pool`` raw frames [B, F, bins] -> [B, F // pool, bins]."""
+
+    def features_batch(self, waves: torch.Tensor) -> torch.Tensor:
+        """Features [B, bins, T] of equal-length waveforms [B, S] at ``sample_rate``, on their device."""
+        if waves.ndim != 2:
+            raise ValueError(f"expected waveforms [B, S], got shape {tuple(waves.shape)}")
+        x = waves if waves.dtype == torch.float32 else waves.float()
+        if x.shape[-1] == 0:
+            return torch.zeros(x.shape[0], self.n_bins, 0, dtype=x.dtype, device=x.device)
+        x = torch.nn.functional.pad(x, (self.context_left, self.context_right))
+        with torch.inference_mode():
+            raw = self.raw_frames(x)
+            return self.pool_frames(raw).transpose(1, 2).contiguous()
+
+    def features(self, wave: np.ndarray) -> np.ndarray:
+        """Features [bins, T] (float32) of a mono waveform [S] at ``sample_rate``."""
+        x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+        if x.ndim != 1:
+            raise ValueError(f"expected a mono waveform [S], got shape {tuple(x.shape)}")
+        return self.features_batch(x.unsqueeze(0))[0].cpu().numpy()
+
+    def stream(self) -> FeatureStream:
+        """A new incremental extractor for one stream."""
+        return FeatureStream(self)
+
+
+class FeatureStream:
+    """Incremental features for one stream: push samples, get only the new feature frames.
+
+    Holds the samples later frames still need (< one frame support) and the raw frames of
+    the pooling group in progress. ``frames_emitted`` counts output frames so far; the
+    output frame i starts at ``i / frames_per_second`` seconds into the stream.
+    """
+
+    def __init__(self, frontend: FrontEnd) -> None:
+        self.frontend = frontend
+        self._buf = np.zeros(frontend.context_left, dtype=np.float32)
+        self._raw: list[np.ndarray] = []
+        self._n_raw = 0
+        self._raw_done = 0
+        self._flushed = False
+        self.frames_emitted = 0
+        self.samples_seen = 0
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Add mono samples at the front-end's rate; return new feature frames [bins, new]."""
+        if self._flushed:
+            raise RuntimeError("FeatureStream.push after flush")
+        x = np.asarray(samples, dtype=np.float32)
+        if x.ndim != 1:
+            raise ValueError(f"expected mono samples [n], got shape {x.shape}")
+        self.samples_seen += len(x)
+        return self._advance(x)
+
+    def flush(self) -> np.ndarray:
+        """End of a finite stream: the last frames, computed over trailing zeros as offline."""
+        if self._flushed:
+            return np.zeros((self.frontend.n_bins, 0), dtype=np.float32)
+        self._flushed = True
+        if self.samples_seen == 0:
+            return np.zeros((self.frontend.n_bins, 0), dtype=np.float32)
+        # Frames still owed are those centred in the signal; the zeros complete their support.
+        owed = self.frontend.n_raw_frames(self.samples_seen) - self._raw_done
+        out = self._advance(np.zeros(self.frontend.context_right, dtype=np.float32), limit=owed)
+        self._buf = self._buf[:0]
+        return out
+
+    def _advance(self, x: np.ndarray, limit: int | None = None) -> np.ndarray:
+        fe = self.frontend
+        self._buf = np.concatenate([self._buf, x]) if len(x) else self._buf
+        span = fe.context_left + fe.context_right
+        n = len(self._buf)
+        n_new = 0 if n < span else (n - span) // fe.hop + 1
+        if limit is not None:
+            n_new = max(0, min(n_new, limit))
+        elif (self._n_raw + n_new) // fe.pool == self._n_raw // fe.pool:
+            # No pooled frame would complete: wait, so that each call computes at least a
+            # pooled frame's worth of raw frames and the context is re-read once per group
+            # at most, however small the pushes (the output latency is unchanged).
+            n_new = 0
+        if n_new:
+            seg = torch.from_numpy(self._buf[: (n_new - 1) * fe.hop + span]).unsqueeze(0)
+            with torch.inference_mode():
+                raw = fe.raw_frames(seg)[0].numpy()
+            self._raw.append(raw)
+            self._n_raw += n_new
+            self._raw_done += n_new
+            self._buf = self._buf[n_new * fe.hop :].copy()
+        groups = self._n_raw // fe.pool
+        if groups == 0:
+            return np.zeros((fe.n_bins, 0), dtype=np.float32)
+        raw_all = np.concatenate(self._raw) if len(self._raw) > 1 else self._raw[0]
+        used = groups * fe.pool
+        with torch.inference_mode():
+            pooled = fe.pool_frames(torch.from_numpy(raw_all[:used]).unsqueeze(0))[0].numpy()
+        rest = raw_all[used:]
+        self._raw = [rest] if len(rest) else []
+        self._n_raw = len(rest)
+        self.frames_emitted += groups
+        return np.ascontiguousarray(pooled.T)
+
+
+class HPCPFrontEnd(FrontEnd):
+    """HPCP chroma of the shared SHS100K-TEST features (see ``hpcp.py``): 12 bins, 2.1533 fps."""
+
+    def __init__(self, params: HPCPParams | None = None) -> None:
+        self.params = params or HPCPParams()
+        p = self.params
+        self.name = "hpcp"
+        self.sample_rate = p.sample_rate
+        self.n_bins = p.size
+        self.hop = p.hop_size
+        self.pool = p.pool
+        self.context_left = p.frame_size // 2
+        self.context_right = p.frame_size - p.frame_size // 2
+
+    def raw_frames(self, segment: torch.Tensor) -> torch.Tensor:
+        return hpcp_frames(segment, self.params, center=False)
+
+    def pool_frames(self, raw: torch.Tensor) -> torch.Tensor:
+        return pool_hpcp(raw, self.pool)
+
+
+class CQTFrontEnd(FrontEnd):
+    """Magnitude CQT (see ``cqt.py``): 84 bins from C1, hop 512 at 22,050 Hz, mean-pooled."""
+
+    def __init__(self, pool: int = 20, params: CQTParams | None = None) -> None:
+        if pool < 1:
+            raise ValueError(f"cqt pool must be >= 1, got {pool}")
+        self.params = params or CQTParams()
+        self.transform = CQTTransform(self.params)
+        self.name = "cqt"
+        self.sample_rate = self.params.sample_rate
+        self.n_bins = self.params.n_bins
+        self.hop = self.params.hop_length
+        self.pool = pool
+        self.context_left = self.transform.context
+        self.context_right = self.transform.context
+
+    def raw_frames(self, segment: torch.Tensor) -> torch.Tensor:
+        return self.transform.frames(segment)
+
+    def pool_frames(self, raw: torch.Tensor) -> torch.Tensor:
+        n = raw.shape[-2] // self.pool
+        grouped = raw[..., : n * self.pool, :].reshape(*raw.shape[:-2], n, self.pool, raw.shape[-1])
+        return grouped.mean(dim=-2)
+
+
+def hpcp_params_for_rate(sample_rate: int) -> HPCPParams:
+    """The recipe at 44.1 kHz, or its half-rate twin: frames of the same duration (92.9 ms),
+    hop (23.2 ms) and bin spacing (10.77 Hz); the 40-5,000 Hz peaks fit under either Nyquist."""
+    if sample_rate == 44_100:
+        return HPCPParams()
+    if sample_rate == 22_050:
+        return HPCPParams(sample_rate=22_050, frame_size=2048, hop_size=512)
+    raise ValueError(f"HPCP runs at 44100 or 22050 Hz, not {sample_rate}")
+
+
+def make_frontend(settings: FrontEndSettings | None = None) -> FrontEnd:
+    """The front-end named by ``settings.frontend`` (default: the global settings)."""
+    if settings is None:
+        from streamcover.config import get_settings
+
+        settings = get_settings().frontend
+    if settings.name == "hpcp":
+        return HPCPFrontEnd(hpcp_params_for_rate(settings.hpcp_sample_rate))
+    if settings.name == "cqt":
+        return CQTFrontEnd(pool=settings.cqt_pool)
+    raise ValueError(f"unknown front-end {settings.name!r}; expected 'cqt' or 'hpcp'")
