@@ -209,6 +209,89 @@ class DeadLetter(_Record):
     at: float
 
 
+class SetListRequest(_Record):
+    """Ask the monitor for a stream's whole set list; sent on the audio topic keyed by the
+    stream id, so it reaches the monitor that owns the stream, in order with its frames."""
+
+    type: Literal["setlist_request"] = "setlist_request"
+    stream_id: StreamId
+    request_id: str = Field(min_length=1, max_length=128)
+    sent_at: float
+
+
+class StreamState(_Record):
+    """Checkpoint of one stream on the compacted state topic (key = stream id).
+
+    Written in the same transaction as the stream's events, at each window close and at end
+    of stream. ``resume_*`` say where audio must be re-read from after a restore (the first
+    sample not yet turned into feature frames); frames before it are already accounted for.
+    ``feature_tail`` holds the feature frames of the next window that exist so far
+    (float32 ``[bins, n]``); ``embeddings`` the accumulated chunk embeddings (float16
+    ``[n, dim]``, one per ``chunk_index``); ``matcher`` the decision state
+    (``streamcover.match.decision.StreamMatcher.to_state``).
+    """
+
+    type: Literal["stream_state"] = "stream_state"
+    stream_id: StreamId
+    source: SourceKind
+    title: str | None = None
+    finished: bool = False
+    sample_rate: int = Field(ge=8000, le=192_000)
+    resume_seq: int = Field(ge=0)
+    resume_sample: int = Field(ge=0)
+    resume_offset: int = Field(ge=0)
+    grid_origin_sample: int = Field(ge=0)
+    frames_done: int = Field(ge=0)
+    win_start: int = Field(ge=0)
+    epoch_windows: int = Field(ge=0)
+    last_end: int = Field(ge=0)
+    next_window: int = Field(ge=0)
+    feature_bins: int = Field(ge=0)
+    feature_tail: bytes = b""
+    embed_dim: int = Field(ge=0)
+    chunk_index: list[int] = Field(default_factory=list)
+    chunk_start: list[float] = Field(default_factory=list)
+    embeddings: bytes = b""
+    matcher: dict[str, Any] = Field(default_factory=dict)
+    model_id: str
+    catalog_version: str
+    updated_at: float
+
+    @model_validator(mode="after")
+    def _shapes(self) -> StreamState:
+        if len(self.chunk_index) != len(self.chunk_start):
+            raise ValueError("chunk_index and chunk_start differ in length")
+        if len(self.embeddings) != 2 * self.embed_dim * len(self.chunk_index):
+            raise ValueError("embeddings is not float16 [len(chunk_index), embed_dim]")
+        if self.feature_bins and len(self.feature_tail) % (4 * self.feature_bins):
+            raise ValueError("feature_tail is not float32 [feature_bins, n]")
+        return self
+
+    def embedding_matrix(self) -> np.ndarray:
+        """The accumulated chunk embeddings as float32 [n, embed_dim]."""
+        arr = np.frombuffer(self.embeddings, dtype="<f2").astype(np.float32)
+        return arr.reshape(len(self.chunk_index), self.embed_dim)
+
+    def feature_matrix(self) -> np.ndarray:
+        """The feature tail as float32 [bins, n]."""
+        if not self.feature_bins:
+            return np.zeros((0, 0), dtype=np.float32)
+        arr = np.frombuffer(self.feature_tail, dtype="<f4").copy()
+        return arr.reshape(self.feature_bins, -1)
+
+
+class PartitionMark(_Record):
+    """How far the monitor has processed one input partition (state topic, key
+    ``__mark__:<topic>:<partition>``). On a replay after a restore, records below
+    ``processed_upto`` are only re-read to rebuild stream buffers, never acted on twice."""
+
+    type: Literal["partition_mark"] = "partition_mark"
+    topic: str
+    partition: int = Field(ge=0)
+    processed_upto: int = Field(ge=0)
+    updated_at: float
+
+
 def event_id(*parts: object) -> str:
     """A deterministic id: the same decision on the same input always gets the same id."""
     h = hashlib.blake2b(digest_size=16)
@@ -224,6 +307,9 @@ _TYPES: dict[str, type[_Record]] = {
     "audio": AudioFrame,
     "match_event": MatchEvent,
     "dead_letter": DeadLetter,
+    "setlist_request": SetListRequest,
+    "stream_state": StreamState,
+    "partition_mark": PartitionMark,
 }
 
 

@@ -1,0 +1,115 @@
+"""The monitor's compute engine: front end, encoder and catalog search behind one object.
+
+The pipeline only needs four things: a streaming feature extractor, a batched chunk
+encoder, a per-window two-stage search, and the model id / catalog version to stamp on
+events. :class:`Engine` is that bundle; :func:`build_engine` makes the real one from the
+settings (shipped model if present, else an untrained encoder, which it says loudly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from streamcover.config import PROJECT_ROOT, Settings
+from streamcover.log import get_logger
+from streamcover.match.decision import Hit
+
+log = get_logger("streamcover.engine")
+
+
+class FeatureStreamLike(Protocol):
+    def push(self, samples: np.ndarray) -> np.ndarray: ...
+
+
+class FrontEndLike(Protocol):
+    @property
+    def sample_rate(self) -> int: ...
+    @property
+    def n_bins(self) -> int: ...
+    @property
+    def frames_per_second(self) -> float: ...
+    def stream(self) -> Any: ...
+
+
+class SearcherLike(Protocol):
+    def search(self, query_vectors: np.ndarray, query_starts: np.ndarray) -> Sequence[Hit]: ...
+
+
+class EncoderLike(Protocol):
+    @property
+    def model_id(self) -> str: ...
+    def embed_chunks(self, chunks: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class Engine:
+    """Everything the pipeline computes with; thread-confined to the monitor's worker."""
+
+    frontend: FrontEndLike
+    encoder: EncoderLike
+    searcher: SearcherLike
+    fixed_catalog_version: str | None = None
+    trained: bool = True
+
+    @property
+    def catalog_version(self) -> str:
+        """The version of the catalog snapshot being served (changes on a hot swap)."""
+        if self.fixed_catalog_version is not None:
+            return self.fixed_catalog_version
+        view = getattr(self.searcher, "view", None)
+        return str(getattr(view, "store_version", "unknown"))
+
+    @property
+    def model_id(self) -> str:
+        return str(self.encoder.model_id)
+
+    @property
+    def hop_samples(self) -> float:
+        """Front-end samples per feature frame (20480 for HPCP at 44.1 kHz)."""
+        return float(self.frontend.sample_rate) / float(self.frontend.frames_per_second)
+
+
+def resolve_model_path(settings: Settings) -> Path:
+    path = settings.encoder.model_path
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def load_encoder(settings: Settings, seed: int = 0) -> tuple[Any, bool]:
+    """The shipped model if it exists, else an untrained one with a fixed seed.
+
+    Returns (encoder, trained).
+    """
+    from streamcover.model.config import EncoderConfig
+    from streamcover.model.inference import Encoder
+
+    path = resolve_model_path(settings)
+    if path.is_file():
+        enc = Encoder.from_checkpoint(path, device=settings.encoder.device, settings=settings)
+        log.info("encoder_loaded", path=str(path), model_id=enc.model_id)
+        return enc, True
+    log.warning(
+        "encoder_untrained",
+        path=str(path),
+        detail="shipped model not found: using an UNTRAINED encoder (matches only near-identical audio)",
+    )
+    cfg = EncoderConfig.compact(settings.frontend.name)
+    return Encoder.untrained(cfg, seed=seed, device=settings.encoder.device, settings=settings), False
+
+
+def build_engine(settings: Settings, encoder: Any | None = None, trained: bool = True) -> Engine:
+    """The real engine: front end from the settings, the encoder, the catalog's searcher."""
+    from streamcover.audio.frontend import make_frontend
+    from streamcover.catalog.search import TwoStageSearcher
+
+    if encoder is None:
+        encoder, trained = load_encoder(settings)
+    frontend = make_frontend(settings.frontend)
+    # watch=True: a new catalog snapshot is picked up without a restart (hot swap).
+    searcher = TwoStageSearcher.open(settings.catalog.path, settings.catalog, watch=True,
+                                     model_id=encoder.model_id)
+    return Engine(frontend, encoder, searcher, None, trained)

@@ -1,0 +1,38 @@
+"""`streamcover monitor`: the streaming monitor service (code in consumers/monitor.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "monitor",
+        help="run the monitor: audio topic -> match events (Kafka transactions, Prometheus metrics)",
+        description="Consume audio frames, embed 20 s windows every 10 s, search the catalog and "
+        "emit match events, set lists and dead letters. Settings: STREAMCOVER_* environment "
+        "variables (see docs/monitor.md). SIGTERM drains, commits and exits.",
+    )
+    p.add_argument("--instance-id", default=None,
+                   help="stable id of this instance (transactional id suffix; one per running monitor)")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (0: any free port)")
+    p.add_argument("--catalog", type=Path, default=None, help="catalog directory (default: settings)")
+    p.set_defaults(handler=_run)
+
+    s = sub.add_parser("setlist", help="ask the monitor for a live stream's whole set list")
+    s.add_argument("stream_id")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
+    s.set_defaults(handler=_setlist)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from streamcover.commands.services import run_service
+
+    return int(run_service("monitor:main", args) or 0)
+
+
+def _setlist(args: argparse.Namespace) -> int:
+    from streamcover.commands.services import run_service
+
+    return int(run_service("cli_tools:setlist_main", args) or 0)

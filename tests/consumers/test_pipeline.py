@@ -1,0 +1,163 @@
+"""The monitor's processing core without Kafka: real front end, real (untrained) encoder,
+real catalog and faiss index. Fast checks of windowing, checkpoint/restore exactness and
+bad-input outcomes; the Kafka paths are in test_monitor_e2e.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from monitor_harness import frames_of
+from monitor_world import WIRE_RATE, World
+
+from consumers.engine import build_engine
+from consumers.pipeline import InRecord, Pipeline
+from consumers.resample import StreamResampler
+from streamcover.events import AudioFrame, MatchEvent, StreamState, decode_any, encode
+
+
+@pytest.fixture(scope="module")
+def engine(world: World) -> Any:
+    return build_engine(world.settings)
+
+
+def _records(world: World, streams: dict[str, tuple[np.ndarray, Any]]) -> list[InRecord]:
+    """Interleave the streams' frames on one partition, as a shared topic would."""
+    per = {sid: frames_of(world.settings, sid, w, src) for sid, (w, src) in streams.items()}
+    out: list[InRecord] = []
+    i = 0
+    while any(per.values()):
+        for sid, frames in per.items():
+            if frames:
+                out.append(InRecord("audio", 0, len(out), sid.encode(), frames.pop(0), 0))
+        i += 1
+    return out
+
+
+def _key(e: MatchEvent) -> tuple[str, str, str | None, float, float]:
+    return (e.event_id, e.kind, e.reference_id, round(e.stream_span.start, 3), round(e.stream_span.end, 3))
+
+
+@pytest.mark.parametrize("cut", [37, 190])
+def test_restore_from_checkpoint_reproduces_uninterrupted_run(world: World, engine: Any, cut: int) -> None:
+    streams = {
+        "up": (world.copy_of("work-1", 50.0), "upload"),
+        "live": (np.concatenate([world.copy_of("work-0", 51.08), world.copy_of("work-2", 51.08)]), "live"),
+    }
+    recs = _records(world, streams)
+    whole = Pipeline(world.settings, engine).process(recs).events
+
+    first = Pipeline(world.settings, engine)
+    out1 = first.process(recs[:cut])
+    # a crash now: a new instance restores from the checkpoints written so far ...
+    second = Pipeline(world.settings, engine)
+    for partition, key, value in out1.states:
+        second.load_state(partition, key, value)
+    resume = out1.offsets[0]
+    assert resume <= cut
+    # ... and re-reads from the committed offset
+    out2 = second.process(recs[resume:])
+    got = out1.events + out2.events
+    assert [_key(e) for e in got] == [_key(e) for e in whole]
+    for a, b in zip(got, whole, strict=True):
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+
+
+def test_checkpoint_is_small_and_valid(world: World, engine: Any) -> None:
+    recs = _records(world, {"live": (world.copy_of("work-0", 60.0), "live")})
+    out = Pipeline(world.settings, engine).process(recs[:-1])  # no eos yet
+    states = [decode_any(v) for _, k, v in out.states if not k.startswith("__mark__")]
+    assert len(states) == 1 and isinstance(states[0], StreamState)
+    st = states[0]
+    assert st.stream_id == "live" and not st.finished and st.next_window >= 4
+    assert st.embedding_matrix().shape == (len(st.chunk_index), 512)
+    assert st.feature_matrix().shape[0] == 12
+    assert max(len(v) for _, _, v in out.states) < 64_000
+
+
+def test_eviction_finishes_idle_stream(world: World, engine: Any) -> None:
+    s = world.settings.model_copy(update={"monitor": world.settings.monitor.model_copy(update={"idle_evict_seconds": 1.0})})
+    pipe = Pipeline(s, engine)
+    recs = _records(world, {"idle": (world.copy_of("work-1", 30.0), "upload")})
+    first = pipe.process(recs[:-1])
+    assert "final" not in [e.kind for e in first.events] and "idle" in pipe.streams
+    import time
+
+    time.sleep(1.1)
+    out = pipe.process([])
+    assert [e.kind for e in out.events] == ["final"]
+    assert "idle" not in pipe.streams
+    assert pipe.metrics.evicted._value.get() == 1
+
+
+def test_stream_cap_rejects_new_streams_with_metric(world: World, engine: Any) -> None:
+    s = world.settings.model_copy(update={"monitor": world.settings.monitor.model_copy(update={"max_streams": 1})})
+    pipe = Pipeline(s, engine)
+    recs = _records(world, {"a": (world.copy_of("work-1", 5.0), "upload"), "b": (world.copy_of("work-2", 5.0), "upload")})
+    pipe.process(recs[:4])
+    assert set(pipe.streams) == {"a"}
+    assert pipe.metrics.streams_rejected._value.get() == 1
+    assert pipe.metrics.stream_cap_hit._value.get() == 1
+
+
+def test_replayed_dead_letters_are_not_repeated(world: World, engine: Any) -> None:
+    pipe = Pipeline(world.settings, engine)
+    bad = InRecord("audio", 0, 0, b"x", b"\xc1junk", 0)
+    out = pipe.process([bad])
+    assert [d.reason for d in out.dead_letters] == ["malformed"]
+    again = Pipeline(world.settings, engine)
+    for p, k, v in out.states:
+        again.load_state(p, k, v)
+    assert again.process([bad]).dead_letters == []
+
+
+def test_resampler_matches_offline_and_is_block_size_invariant() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(30_000).astype(np.float32)
+    for a, b in [(22_050, 44_100), (48_000, 44_100), (44_100, 22_050)]:
+        whole = StreamResampler(a, b).push(x)
+        r = StreamResampler(a, b)
+        parts = np.concatenate([r.push(x[i : i + n]) for i, n in _blocks(len(x), rng)])
+        assert np.allclose(parts, whole[: len(parts)], atol=1e-5)
+        assert abs(len(whole) - len(x) * b // a) < 40
+        t = np.arange(len(whole)) / b
+        sine = StreamResampler(a, b).push(np.sin(2 * np.pi * 440 * np.arange(len(x)) / a).astype(np.float32))
+        assert np.abs(sine[100:] - np.sin(2 * np.pi * 440 * t[100:len(sine)])).max() < 1e-3
+
+
+def _blocks(n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    out, i = [], 0
+    while i < n:
+        k = int(rng.integers(1, 5000))
+        out.append((i, k))
+        i += k
+    return out
+
+
+def test_frames_on_wire_are_decodable(world: World) -> None:
+    frames = frames_of(world.settings, "s", np.zeros(WIRE_RATE, dtype=np.float32), "upload")
+    decoded = [decode_any(f) for f in frames]
+    assert all(isinstance(f, AudioFrame) for f in decoded)
+    assert decoded[-1].eos and encode(decoded[0]) == frames[0]
+
+
+
+
+def test_setlist_on_demand_and_unknown_stream(world: World, engine: Any) -> None:
+    import time
+
+    from streamcover.events import SetListRequest
+
+    pipe = Pipeline(world.settings, engine)
+    live = np.concatenate([world.copy_of("work-0", 51.08), world.copy_of("work-2", 30.65)])
+    recs = _records(world, {"gig": (live, "live")})[:-1]  # still playing
+    pipe.process(recs)
+    ask = InRecord("audio", 0, len(recs), b"gig", encode(SetListRequest(stream_id="gig", request_id="r1", sent_at=time.time())), 0)
+    nobody = InRecord("audio", 0, len(recs) + 1, b"nobody",
+                      encode(SetListRequest(stream_id="nobody", request_id="r2", sent_at=time.time())), 0)
+    out = pipe.process([ask, nobody])
+    [ev] = out.events
+    assert ev.kind == "setlist" and [i.reference_id for i in ev.setlist] == ["work-0", "work-2"]
+    assert ev.setlist[-1].stream_span.end > ev.setlist[-1].stream_span.start
+    assert [d.reason for d in out.dead_letters] == ["unknown_stream"]
