@@ -49,6 +49,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c "impo
    || [ "$("$VENV/bin/python" -c 'import streamcover,os;print(os.path.dirname(os.path.dirname(streamcover.__file__)))')" != "$ROOT" ]; then
   say "installing Python dependencies (torch is a multi-GB build: the first run downloads it once)"
   uv pip install -q -p "$VENV/bin/python" -e "$ROOT[dev,corpus]"
+  uv pip install -q -p "$VENV/bin/python" --no-deps "tinysoundfont==0.3.7"
   echo "$want" >"$stamp"
 fi
 
