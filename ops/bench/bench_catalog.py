@@ -1,0 +1,242 @@
+"""Catalog benchmark: build time, bytes per chunk, query latency and two-stage recall.
+
+Synthetic but structured embeddings (``streamcover.catalog.synthetic``): works are
+random walks on the 512-d sphere clustered by genre, each catalogued in 2 noisy
+versions of 8-40 chunks; queries are unseen versions, 5 consecutive chunks
+(a 60 s query with 20 s windows and 10 s hop). Catalogs and index snapshots are
+cached under ``~/.cache/streamcover/bench/`` and reused across runs.
+
+    nice -n 10 .venv/bin/python ops/bench/bench_catalog.py --sizes 10000,100000 \
+        --kinds hnsw,hnsw_sq8,hnsw_pq
+
+Prints one JSON object per (size, kind) and a summary table; ``--out`` saves them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamcover.catalog.index import (
+    IndexParams,
+    SearchView,
+    Snapshot,
+    build_snapshot,
+    snapshot_root,
+)
+from streamcover.catalog.search import TwoStageSearcher
+from streamcover.catalog.store import Catalog, ReferenceInput
+from streamcover.catalog.synthetic import SyntheticCorpus, SyntheticSpec
+from streamcover.config import default_cache_dir
+
+MODEL_ID = "synthetic-bench-v1"
+
+
+def make_catalog(path: Path, n_chunks: int, spec: SyntheticSpec, batch_refs: int) -> dict[str, Any]:
+    """Create (or reuse) a catalog of about ``n_chunks`` synthetic chunks."""
+    if (path / "bench-store.json").exists():
+        return dict(json.loads((path / "bench-store.json").read_text()))
+    corpus = SyntheticCorpus(spec)
+    t0 = time.perf_counter()
+    total = 0
+    work = 0
+    gen_s = 0.0
+    with Catalog.open(path, "a", model_id=MODEL_ID, dim=spec.dim) as cat:
+        while total < n_chunks:
+            tg = time.perf_counter()
+            batch: list[ReferenceInput] = []
+            while len(batch) < batch_refs and total < n_chunks:
+                for v in range(spec.versions_per_work):
+                    r = corpus.version(work, v)
+                    batch.append(ReferenceInput(r.id, r.vectors, r.starts, title=r.id,
+                                                artist=f"artist {work % 997}",
+                                                extra={"work": work}))
+                    total += r.vectors.shape[0]
+                work += 1
+            gen_s += time.perf_counter() - tg
+            cat.add_references(batch, MODEL_ID)
+        stats = cat.stats()
+    info = {
+        "works": work,
+        "chunks": stats["chunks"],
+        "references": stats["references"],
+        "store_seconds_total": round(time.perf_counter() - t0, 2),
+        "store_seconds_excl_generation": round(time.perf_counter() - t0 - gen_s, 2),
+        "segment_bytes": stats["segment_bytes"],
+        "sqlite_bytes": sum(
+            f.stat().st_size for f in path.iterdir() if f.name.startswith("catalog.sqlite")
+        ),
+    }
+    (path / "bench-store.json").write_text(json.dumps(info))
+    return info
+
+
+def get_snapshot(path: Path, params: IndexParams, build_threads: int) -> tuple[Path, float]:
+    """Build the snapshot for ``params`` once; return (dir, build seconds)."""
+    import faiss
+
+    state_file = path / "bench-snapshots.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    key = json.dumps(params.__dict__, sort_keys=True)
+    if key in state and (snapshot_root(path) / state[key]).is_dir():
+        snap = snapshot_root(path) / state[key]
+    else:
+        faiss.omp_set_num_threads(build_threads)
+        with Catalog.open(path, "r") as cat:
+            snap = build_snapshot(cat, params, incremental=False, keep=100)
+        state[key] = snap.name
+        state_file.write_text(json.dumps(state))
+    manifest = json.loads((snap / "manifest.json").read_text())
+    return snap, float(manifest["build_seconds"])
+
+
+def exhaustive_top(path: Path, view: SearchView, queries: list[np.ndarray], n: int) -> list[list[int]]:
+    """Exhaustive MaxMean top-n reference keys per query (cached per catalog)."""
+    cache = path / f"bench-exhaustive-{len(queries)}.json"
+    if cache.exists():
+        return list(json.loads(cache.read_text()))
+    s = TwoStageSearcher(view)
+    out = []
+    for q in queries:
+        keys, scores = s.exhaustive_scores(q)
+        out.append([int(k) for k in keys[np.argsort(-scores, kind="stable")[:n]]])
+    cache.write_text(json.dumps(out))
+    return out
+
+
+def pct(xs: list[float], p: float) -> float:
+    return float(np.percentile(np.asarray(xs) * 1e3, p))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--kinds", default="hnsw,hnsw_sq8,hnsw_pq")
+    ap.add_argument("--queries", type=int, default=300, help="latency queries")
+    ap.add_argument("--recall-queries", type=int, default=100)
+    ap.add_argument("--ks", default="50,100", help="stage-1 K values for recall")
+    ap.add_argument("--m", type=int, default=32)
+    ap.add_argument("--ef-construction", type=int, default=200)
+    ap.add_argument("--ef-search", type=int, default=128)
+    ap.add_argument("--pq-m", type=int, default=64)
+    ap.add_argument("--refine", type=int, default=4, help="stage-1 re-scoring factor (SQ8/PQ)")
+    ap.add_argument("--threads", type=int, default=1, help="faiss/torch threads for queries")
+    ap.add_argument("--build-threads", type=int, default=2)
+    ap.add_argument("--cache", type=Path, default=default_cache_dir() / "bench")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--build-only", action="store_true", help="build catalogs and snapshots, no queries")
+    args = ap.parse_args(argv)
+
+    import faiss
+    import torch
+
+    spec = SyntheticSpec()
+    results = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        cpath = args.cache / f"catalog-{size}"
+        t = time.perf_counter()
+        store = make_catalog(cpath, size, spec, batch_refs=1000)
+        print(f"# catalog {size}: {store} ({time.perf_counter() - t:.1f}s)", file=sys.stderr)
+        corpus = SyntheticCorpus(spec)
+        rng = np.random.default_rng(7)
+        works = rng.integers(0, store["works"], size=max(args.queries, args.recall_queries))
+        queries = [corpus.query(int(w), 5, seed=i)[0] for i, w in enumerate(works)]
+        starts = np.arange(5) * spec.hop_s
+        ex_top: list[list[int]] | None = None
+        for kind in args.kinds.split(","):
+            params = IndexParams(kind, args.m, args.ef_construction, args.ef_search,
+                                 args.pq_m)
+            snap_path, build_s = get_snapshot(cpath, params, args.build_threads)
+            print(f"# snapshot {size} {kind}: {build_s:.0f}s", file=sys.stderr, flush=True)
+            if args.build_only:
+                continue
+            faiss.omp_set_num_threads(args.threads)
+            torch.set_num_threads(args.threads)
+            snap = Snapshot.load(snap_path, verify=False, ef_search=args.ef_search)
+            view = SearchView.open(cpath, snapshot=snap, verify=False)
+            index_bytes = (snap_path / "index.faiss").stat().st_size
+            n = snap.manifest.n_vectors
+            searcher = TwoStageSearcher(view, top_k=50, max_candidates=250, refine=args.refine)
+            # Warm the page cache and metadata cache, then time.
+            for q in queries[:20]:
+                searcher.search(q, starts)
+            lat, cpu, s1t, s2t, ncand = [], [], [], [], []
+            for q in queries[: args.queries]:
+                a = time.perf_counter()
+                c = time.thread_time()
+                searcher.search(q, starts, top_n=10)
+                cpu.append(time.thread_time() - c)
+                lat.append(time.perf_counter() - a)
+                a = time.perf_counter()
+                keys, _ = searcher.candidates(view, q)
+                b = time.perf_counter()
+                searcher.rerank(view, q, keys)
+                s2t.append(time.perf_counter() - b)
+                s1t.append(b - a)
+                ncand.append(len(keys))
+            if ex_top is None:
+                te = time.perf_counter()
+                ex_top = exhaustive_top(cpath, view, queries[: args.recall_queries], 10)
+                print(f"# exhaustive: {time.perf_counter() - te:.1f}s", file=sys.stderr)
+            recall: dict[str, Any] = {}
+            for k in [int(x) for x in args.ks.split(",")]:
+                s = TwoStageSearcher(view, top_k=k, max_candidates=max(250, 5 * k),
+                                     refine=args.refine)
+                r1, r10 = [], []
+                for q, ex in zip(queries[: args.recall_queries], ex_top, strict=True):
+                    keys, scores = s.two_stage_scores(q)
+                    top = [int(x) for x in keys[np.argsort(-scores, kind="stable")[:10]]]
+                    r1.append(bool(top and top[0] == ex[0]))
+                    r10.append(len(set(top) & set(ex)) / len(ex))
+                recall[f"K={k}"] = {"recall@1": float(np.mean(r1)), "recall@10": float(np.mean(r10))}
+            row = {
+                "chunks": n,
+                "references": store["references"],
+                "kind": kind,
+                "params": params.__dict__,
+                "build_seconds": build_s,
+                "build_threads": args.build_threads,
+                "index_bytes_per_chunk": round(index_bytes / n, 1),
+                "store_fp16_bytes_per_chunk": round(store["segment_bytes"] / n, 1),
+                "sqlite_bytes_per_chunk": round(store["sqlite_bytes"] / n, 1),
+                "store_add_seconds": store["store_seconds_excl_generation"],
+                "query_threads": args.threads,
+                "latency_ms": {"p50": round(pct(lat, 50), 2), "p99": round(pct(lat, 99), 2),
+                               "n": len(lat)},
+                # CPU time of the querying thread: what the query costs without contention
+                # (queries run single-threaded, so wall ~= CPU on an idle core).
+                "cpu_ms": {"p50": round(pct(cpu, 50), 2), "p99": round(pct(cpu, 99), 2)},
+                "stage1_ms_p50": round(pct(s1t, 50), 2),
+                "stage2_ms_p50": round(pct(s2t, 50), 2),
+                "candidates_p50": float(np.median(ncand)),
+                "recall_vs_exhaustive": recall,
+                "load_avg_1m": os.getloadavg()[0],
+            }
+            print(json.dumps(row), flush=True)
+            results.append(row)
+            view.close()
+            del view, snap, searcher
+    print("\n| chunks | index | build s | index B/chunk | p50 ms | p99 ms | CPU p50 ms | "
+          "CPU p99 ms | R@1 (K=50) | R@10 (K=50) | R@10 (K=100) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        rc = r["recall_vs_exhaustive"]
+        print(f"| {r['chunks']} | {r['kind']} | {r['build_seconds']:.0f} | "
+              f"{r['index_bytes_per_chunk']:.0f} | {r['latency_ms']['p50']} | "
+              f"{r['latency_ms']['p99']} | {r['cpu_ms']['p50']} | {r['cpu_ms']['p99']} | {rc.get('K=50', {}).get('recall@1', float('nan')):.3f} | "
+              f"{rc.get('K=50', {}).get('recall@10', float('nan')):.3f} | "
+              f"{rc.get('K=100', {}).get('recall@10', float('nan')):.3f} |")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""Index snapshots and two-stage search on structured synthetic embeddings (real faiss)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from catalog_helpers import MODEL, PARAMS, as_input
+
+from streamcover.catalog.index import (
+    BackgroundBuilder,
+    IndexParams,
+    SearchView,
+    Snapshot,
+    SnapshotWatcher,
+    build_snapshot,
+    current_snapshot_path,
+)
+from streamcover.catalog.search import TwoStageSearcher
+from streamcover.catalog.store import Catalog, CatalogCorruptError, ModelMismatchError
+from streamcover.catalog.synthetic import SyntheticCorpus, SyntheticRef
+
+
+def _query_from(ref: SyntheticRef, first: int, m: int, corpus_seed: int = 0) -> np.ndarray:
+    """A noisy copy of ``m`` consecutive chunks of ``ref`` starting at chunk ``first``."""
+    rng = np.random.default_rng(corpus_seed)
+    q = ref.vectors[first : first + m] + 0.3 * rng.standard_normal((m, ref.vectors.shape[1])) / 8
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_two_stage_finds_reference_and_alignment(
+    make_catalog: Callable[..., Path], refs: list[SyntheticRef]
+) -> None:
+    path = make_catalog()
+    s = TwoStageSearcher(SearchView.open(path), top_k=50, max_candidates=250)
+    target = refs[37]
+    q = _query_from(target, 2, 5)
+    qstarts = np.array([100.0, 110.0, 120.0, 130.0, 140.0])
+    hits = s.search(q, qstarts, top_n=5, model_id=MODEL)
+    assert hits[0].reference_id == target.id
+    assert hits[0].metadata["title"] == f"title {target.id}"
+    assert hits[0].metadata["work"] == target.work
+    assert hits[0].score > hits[1].score
+    # Query chunk i came from reference chunk 2+i, which starts at (2+i)*10 s.
+    assert [a[0] for a in hits[0].alignment] == qstarts.tolist()
+    assert [a[1] for a in hits[0].alignment] == [20.0, 30.0, 40.0, 50.0, 60.0]
+    assert all(a[2] > 0.9 for a in hits[0].alignment)
+    assert hits[0].ref_chunks == [2, 3, 4, 5, 6]
+    # The other version of the same work ranks next: covers cluster.
+    assert hits[1].metadata["work"] == target.work
+    assert hits[0].catalog_version == s.view.store_version and hits[0].model_id == MODEL
+    # Exhaustive mode agrees on the top.
+    ex = s.search(q, qstarts, top_n=5, exhaustive=True)
+    assert [h.reference_id for h in ex[:2]] == [h.reference_id for h in hits[:2]]
+    assert ex[0].score == pytest.approx(hits[0].score, abs=1e-5)
+
+
+def test_query_from_other_model_refused(make_catalog: Callable[..., Path],
+                                        refs: list[SyntheticRef]) -> None:
+    path = make_catalog(n=10)
+    view = SearchView.open(path)
+    with pytest.raises(ModelMismatchError, match="other-model"):
+        TwoStageSearcher(view, model_id="other-model")
+    s = TwoStageSearcher(view)
+    q = refs[0].vectors[:3]
+    with pytest.raises(ModelMismatchError, match="other-model"):
+        s.search(q, np.zeros(3), model_id="other-model")
+    with pytest.raises(ModelMismatchError, match="128-d"):
+        s.search(np.ones((3, 128), np.float32), np.zeros(3))
+    with pytest.raises(ValueError, match="start times"):
+        s.search(q, np.zeros(2))
+
+
+def test_recall_against_exhaustive(make_catalog: Callable[..., Path],
+                                   corpus: SyntheticCorpus) -> None:
+    path = make_catalog()
+    s = TwoStageSearcher(SearchView.open(path), top_k=50, max_candidates=250)
+    r1, r10 = [], []
+    for w in range(0, 60, 2):
+        q, _ = corpus.query(w, 5, seed=w)
+        ek, es = s.exhaustive_scores(q)
+        tk, ts = s.two_stage_scores(q)
+        ex = ek[np.argsort(-es, kind="stable")[:10]]
+        two = tk[np.argsort(-ts, kind="stable")[:10]]
+        r1.append(ex[0] == two[0])
+        r10.append(len(set(ex.tolist()) & set(two.tolist())) / 10)
+        # Stage 2 of a candidate is the exhaustive score of that reference, exactly.
+        np.testing.assert_allclose(ts, es[np.searchsorted(ek, tk)], atol=1e-5)
+    assert np.mean(r1) == 1.0
+    assert np.mean(r10) >= 0.95
+    # A tiny K must lose some of the exhaustive top-10 (the measurement can fail).
+    s_small = TwoStageSearcher(SearchView.open(path), top_k=1, max_candidates=250)
+    q, _ = corpus.query(0, 5, seed=0)
+    ek, es = s.exhaustive_scores(q)
+    tk, _ = s_small.two_stage_scores(q)
+    assert len(tk) < 10
+
+
+def test_tombstones_filtered_and_delta_searched(
+    make_catalog: Callable[..., Path], refs: list[SyntheticRef], corpus: SyntheticCorpus
+) -> None:
+    path = make_catalog(n=80)
+    watcher = SnapshotWatcher(path, poll_seconds=60)
+    s = TwoStageSearcher(watcher, top_k=20)
+    target = refs[20]
+    q = _query_from(target, 1, 4)
+    assert s.search(q, np.arange(4) * 10.0)[0].reference_id == target.id
+    with Catalog.open(path, "a") as cat:
+        cat.remove(target.id)
+    assert watcher.poll()
+    view = watcher.current()
+    assert view.dead_in_snapshot == target.vectors.shape[0]
+    hits = s.search(q, np.arange(4) * 10.0, top_n=200)
+    assert target.id not in {h.reference_id for h in hits}
+    # stage 1 returns live chunks only, still K of them per query chunk
+    s1 = view.stage1(q, 20)
+    assert (s1.ref_keys >= 0).all() and s1.ref_keys.shape == (4, 20)
+    assert all(view.is_live(int(k)) for k in np.unique(s1.ref_keys))
+    # A reference added after the snapshot is found through the delta index.
+    new = refs[100]
+    with Catalog.open(path, "a") as cat:
+        cat.add_references([as_input(new)], MODEL)
+    assert watcher.poll()
+    assert watcher.current().snapshot_name == view.snapshot_name
+    q2 = _query_from(new, 0, 3)
+    assert s.search(q2, np.arange(3) * 10.0)[0].reference_id == new.id
+    assert not watcher.poll()
+
+
+def test_incremental_snapshot_and_corrupt_snapshot(
+    make_catalog: Callable[..., Path], refs: list[SyntheticRef]
+) -> None:
+    path = make_catalog(n=60)
+    first = current_snapshot_path(path)
+    assert first is not None
+    with Catalog.open(path, "a") as cat:
+        cat.add_references([as_input(r) for r in refs[60:80]], MODEL)
+        second = build_snapshot(cat, PARAMS)
+    snap = Snapshot.load(second)
+    assert snap.manifest.incremental_from == first.name
+    assert snap.manifest.n_vectors == sum(r.vectors.shape[0] for r in refs[:80])
+    assert snap.manifest.store_version == 3
+    view = SearchView.open(path)
+    assert view.delta_keys.size == 0
+    s = TwoStageSearcher(view)
+    assert s.search(_query_from(refs[70], 0, 3), np.zeros(3))[0].reference_id == refs[70].id
+    # Corrupt the index file: a clear error, never a silent wrong answer.
+    f = second / "index.faiss"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(CatalogCorruptError, match="checksum"):
+        SearchView.open(path)
+    f.write_bytes(bytes(data[:-10]))
+    with pytest.raises(CatalogCorruptError, match="bytes"):
+        SearchView.open(path, verify=False)
+
+
+@pytest.mark.parametrize("kind", ["hnsw_sq8", "hnsw_sq4", "hnsw_pq"])
+def test_compressed_indexes_find_the_reference(
+    make_catalog: Callable[..., Path], refs: list[SyntheticRef], kind: str
+) -> None:
+    params = IndexParams(kind, m=16, ef_construction=64, ef_search=64, pq_m=16)  # type: ignore[arg-type]
+    path = make_catalog(params=params)
+    view = SearchView.open(path)
+    assert view.compressed
+    s = TwoStageSearcher(view, top_k=30, refine=4)
+    for i in (3, 44, 90):
+        hits = s.search(_query_from(refs[i], 1, 4), np.arange(4) * 10.0)
+        assert hits[0].reference_id == refs[i].id
+        assert hits[0].ref_chunks == [1, 2, 3, 4]
+    raw = (view.snapshot.path / "index.faiss").stat().st_size / view.n_chunks  # type: ignore[union-attr]
+    assert raw < 64 * 4  # smaller than the float32 vectors alone
+
+
+def test_snapshot_swap_while_searching(
+    make_catalog: Callable[..., Path], refs: list[SyntheticRef]
+) -> None:
+    """Queries keep running (and stay correct) while the index is rebuilt and swapped."""
+    path = make_catalog(n=60)
+    watcher = SnapshotWatcher(path, poll_seconds=0.05).start()
+    s = TwoStageSearcher(watcher, top_k=20)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    done = [0]
+
+    def searching() -> None:
+        q = _query_from(refs[5], 0, 3)
+        while not stop.is_set():
+            try:
+                hits = s.search(q, np.zeros(3))
+                assert hits[0].reference_id == refs[5].id
+                done[0] += 1
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    t = threading.Thread(target=searching)
+    t.start()
+    try:
+        first = watcher.current().snapshot_name
+        with Catalog.open(path, "a") as cat:
+            cat.add_references([as_input(r) for r in refs[60:90]], MODEL)
+            cat.remove(refs[6].id)
+        b = BackgroundBuilder(path, PARAMS, compact=True).start()
+        assert b.join(120) is not None
+        deadline = time.monotonic() + 30
+        while watcher.current().snapshot_name == first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        t.join()
+        watcher.stop()
+    assert not errors, errors
+    assert watcher.current().snapshot_name != first
+    assert watcher.swaps >= 1 and done[0] > 0
+    view = watcher.current()
+    assert view.delta_keys.size == 0 and view.dead_in_snapshot == 0
+    new_hits = TwoStageSearcher(view).search(_query_from(refs[80], 0, 3), np.zeros(3))
+    assert new_hits[0].reference_id == refs[80].id
