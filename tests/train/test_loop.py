@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import TINY_ENCODER
+
+from streamcover.model.checkpoint import load_checkpoint
+from streamcover.train.config import TrainConfig, load_train_config
+from streamcover.train.loop import TrainError, build_encoder_config, train
+from streamcover.train.shs import ShsData
+
+
+def _config(**kw: object) -> TrainConfig:
+    base = {
+        "name": "tiny", "encoder_overrides": TINY_ENCODER, "max_steps": 4,
+        "val_every_steps": 2, "checkpoint_every_steps": 1, "threads": 1, "device": "cpu",
+        "data": {"works_per_batch": 3, "versions_per_work": 2, "full_max_chunks": 2},
+        "loss": {"map_weight": 0.5}, "optim": {"warmup_steps": 1},
+    }
+    base.update(kw)
+    return TrainConfig.model_validate(base)
+
+
+def _parts(data: ShsData) -> tuple:
+    works = np.unique(data.tracks.works)
+    return data.tracks.select_works(works[:18]), data.tracks.select_works(works[18:21])
+
+
+def test_train_logs_validates_and_resumes_to_the_same_weights(
+        shs_real_slice: ShsData, tmp_path: Path) -> None:
+    tr, va = _parts(shs_real_slice)
+    straight = train(_config(), tr, va, tmp_path / "a", progress=False)
+    assert straight.steps == 4
+    # same run in two invocations: 2 steps, then resume to 4
+    first = train(_config(max_steps=2), tr, va, tmp_path / "b", progress=False)
+    assert first.steps == 2
+    resumed = train(_config(), tr, va, tmp_path / "b", progress=False)
+    assert resumed.steps == 4
+    sa = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    sb = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    for k, v in sa["model"].items():
+        assert torch.allclose(v.float(), sb["model"][k].float(), atol=1e-5), k
+    assert sb["step"] == 4
+
+    rows = list(csv.DictReader((tmp_path / "a" / "train_log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert all(float(r["total"]) > 0 and r["lac"] and r["map"] for r in rows)
+    val = list(csv.DictReader((tmp_path / "a" / "val_log.csv").open()))
+    assert [int(r["step"]) for r in val] == [2, 4]
+    assert all(0 < float(r["map_full"]) <= 1 and 0 < float(r["map_30s"]) <= 1 for r in val)
+    best = load_checkpoint(tmp_path / "a" / "best.pt")
+    assert best.cfg == build_encoder_config(_config())
+    assert best.provenance.steps in (2, 4) and "val_map_full" in best.provenance.metrics
+
+
+def test_resume_refuses_a_different_config(shs_real_slice: ShsData, tmp_path: Path) -> None:
+    tr, _va = _parts(shs_real_slice)
+    train(_config(max_steps=1), tr, None, tmp_path / "r", progress=False)
+    with pytest.raises(TrainError, match="different config"):
+        train(_config(max_steps=2, seed=99), tr, None, tmp_path / "r", progress=False)
+    # raising max_steps is a legitimate resume
+    assert train(_config(max_steps=2), tr, None, tmp_path / "r", progress=False).steps == 2
+    # a new run may warm-start from it (a different loss recipe, same encoder and classes)
+    warm = train(_config(max_steps=1, loss={"global_level": "chunk"}), tr, None,
+                 tmp_path / "w", progress=False, init_from=tmp_path / "r" / "last.pt")
+    assert warm.steps == 1
+    init = json.loads((tmp_path / "w" / "init.json").read_text())
+    assert init["source_step"] == 2 and "classifier.weight" in init["heads_loaded"]
+    with pytest.raises(TrainError, match="encoder config differs"):
+        train(_config(max_steps=1, encoder_overrides={**TINY_ENCODER, "ibn": False}), tr, None,
+              tmp_path / "x", progress=False, init_from=tmp_path / "r" / "last.pt")
+
+
+def test_shipped_configs_parse_and_build(tmp_path: Path) -> None:
+    from streamcover.config import PROJECT_ROOT
+
+    configs = sorted((PROJECT_ROOT / "ops" / "train").glob("*.json"))
+    configs = [c for c in configs if "split" not in c.name]
+    assert len(configs) >= 2
+    for path in configs:
+        cfg = load_train_config(path)
+        build_encoder_config(cfg)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"loss": {"no_such_loss": 1}}))
+    with pytest.raises(ValueError, match=r"bad\.json"):
+        load_train_config(bad)
+
+
+def test_shipped_hpcp_encoder_is_exactly_transposition_invariant() -> None:
+    from streamcover.config import PROJECT_ROOT
+    from streamcover.model.net import CoverEncoder
+
+    cfg = load_train_config(PROJECT_ROOT / "ops" / "train" / "hpcp-compact.json")
+    torch.manual_seed(0)
+    model = CoverEncoder(build_encoder_config(cfg)).eval()
+    x = torch.rand(3, 1, 12, 43)
+    with torch.no_grad():
+        base = model(x).embedding
+        for shift in (1, 2, 5, 7):
+            rolled = model(torch.roll(x, shift, dims=2)).embedding
+            assert torch.allclose(rolled, base, atol=1e-5), shift

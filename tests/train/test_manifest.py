@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from streamcover.train.manifest import ManifestError, manifest_tracks, read_manifest
+
+SR = 22_050
+
+
+def _melody(path: Path, notes: list[int], seconds: float = 8.0) -> Path:
+    """A sine melody (MIDI notes) written as a real WAV file."""
+    per = int(seconds * SR / len(notes))
+    t = np.arange(per) / SR
+    wave = np.concatenate([0.3 * np.sin(2 * np.pi * 440 * 2 ** ((n - 69) / 12) * t)
+                           for n in notes]).astype(np.float32)
+    sf.write(path, wave, SR)
+    return path
+
+
+def test_csv_and_jsonl_parse_with_optional_columns(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text(
+        "work,path,title,artist,start,end\n"
+        "w1,a.wav,Song,Someone,1.5,20\n"
+        "w1,/abs/b.wav,,,,\n")
+    rows = read_manifest(tmp_path / "m.csv")
+    assert rows[0].work == "w1" and rows[0].path == tmp_path.resolve() / "a.wav"
+    assert (rows[0].start, rows[0].end, rows[0].title) == (1.5, 20.0, "Song")
+    assert rows[1].path == Path("/abs/b.wav") and rows[1].end is None
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"work": 7, "path": "a.wav", "start": 2}) + "\n\n"
+        + json.dumps({"work": "x", "path": "c.wav"}) + "\n")
+    rows = read_manifest(tmp_path / "m.jsonl")
+    assert [r.work for r in rows] == ["7", "x"] and rows[0].start == 2.0
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("work,path\nw1,\n", r"m.csv:2: missing path"),
+    ("work,path,start\nw1,a.wav,soon\n", r"m.csv:2: start must be seconds"),
+    ("work,path,start,end\nw1,a.wav,5,3\n", r"m.csv:2: end \(3.0\) must be after"),
+    ("work,path,genre\nw1,a.wav,rock\n", r"unknown columns \['genre'\]"),
+    ("work,path\n", r"no recordings"),
+])
+def test_malformed_manifests_name_the_line(tmp_path: Path, text: str, match: str) -> None:
+    (tmp_path / "m.csv").write_text(text)
+    with pytest.raises(ManifestError, match=match):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_bad_suffix_and_bad_json(tmp_path: Path) -> None:
+    (tmp_path / "m.txt").write_text("x")
+    with pytest.raises(ManifestError, match=r"csv or \.jsonl"):
+        read_manifest(tmp_path / "m.txt")
+    (tmp_path / "m.jsonl").write_text("{not json}\n")
+    with pytest.raises(ManifestError, match=r"m\.jsonl:1: not JSON"):
+        read_manifest(tmp_path / "m.jsonl")
+
+
+def test_features_through_the_frontend_are_cached_and_bad_audio_is_reported(
+        tmp_path: Path) -> None:
+    _melody(tmp_path / "a1.wav", [60, 64, 67, 72])
+    _melody(tmp_path / "a2.wav", [62, 66, 69, 74])  # the same tune, a tone higher
+    _melody(tmp_path / "b1.wav", [60, 61, 60, 61])
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really audio")
+    (tmp_path / "m.csv").write_text(
+        "work,path,start,end\nA,a1.wav,,\nA,a2.wav,,\nB,b1.wav,2,6\nB,broken.wav,,\n")
+    cache = tmp_path / "cache"
+    entries = read_manifest(tmp_path / "m.csv")
+    tracks = manifest_tracks(entries, "hpcp", cache_dir=cache)
+    assert len(tracks) == 3  # the undecodable file is skipped (and logged), not fatal
+    assert tracks.n_bins == 12 and tracks.frames_per_second == pytest.approx(2.1533, abs=1e-3)
+    assert tracks.n_frames(0) == pytest.approx(8 * 2.1533, abs=2)
+    assert tracks.n_frames(2) == pytest.approx(4 * 2.1533, abs=1.5)  # start/end honoured
+    assert tracks.works[0] == tracks.works[1] != tracks.works[2]
+    # C major arpeggio: pitch classes C, E, G dominate (bin 0 = A, so C = 3, E = 7, G = 10)
+    profile = tracks.feature(0).mean(axis=1)
+    assert set(np.argsort(profile)[-3:].tolist()) == {3, 7, 10}
+    cached = sorted((cache / "hpcp").glob("*.npy"))
+    assert len(cached) == 3
+    again = manifest_tracks(entries, "hpcp", cache_dir=cache)
+    np.testing.assert_array_equal(again.feature(1), tracks.feature(1))
+    with pytest.raises(ManifestError, match="none of the 1"):
+        manifest_tracks([entries[3]], "hpcp", cache_dir=cache)
