@@ -124,17 +124,22 @@ def save_checkpoint(
         "provenance": prov.model_dump(mode="json"),
         "state_dict": state,
     }
-    dest = Path(path)
+    atomic_torch_save(payload, Path(path))
+    return mid
+
+
+def atomic_torch_save(obj: Any, dest: Path) -> None:
+    """``torch.save`` to a temp file beside ``dest``, then rename: a crash never leaves a
+    half-written checkpoint where a good one was."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     try:
-        torch.save(payload, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return mid
 
 
 def _check_fits(cfg: EncoderConfig, state: Mapping[str, Tensor], where: str) -> CoverEncoder:

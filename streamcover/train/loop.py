@@ -20,10 +20,8 @@ import contextlib
 import csv
 import json
 import math
-import os
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,7 +37,7 @@ from streamcover.device import configure_threads, gpu_autocast_dtype, select_dev
 from streamcover.eval.embedders import EncoderEmbedder
 from streamcover.eval.protocols import ChunkSets, full_length, short_queries
 from streamcover.log import get_logger
-from streamcover.model.checkpoint import save_checkpoint
+from streamcover.model.checkpoint import atomic_torch_save, save_checkpoint
 from streamcover.model.config import EncoderConfig
 from streamcover.model.net import CoverEncoder
 from streamcover.train.batches import Chunker, PKBatchSampler
@@ -139,18 +137,6 @@ def encode_groups(model: CoverEncoder, groups: list[np.ndarray], owners: list[np
     neck = model.neck(pooled)
     emb = model.fc(neck.to(model.fc.weight.dtype))
     return pooled, neck, emb, owner[order]
-
-
-def _atomic_torch_save(obj: Any, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _append_csv(path: Path, row: dict[str, Any], columns: list[str]) -> None:
@@ -298,7 +284,7 @@ def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None,
         log.info("initialised", run=str(run_dir), source=str(init_from), source_step=src["step"])
 
     def save_state() -> None:
-        _atomic_torch_save({
+        atomic_torch_save({
             "format": STATE_FORMAT, "config": cfg.model_dump(mode="json"),
             "encoder_config": enc_cfg.to_dict(), "step": step, "elapsed_s": elapsed,
             "lr_scale": lr_scale, "plateau_bad": plateau_bad,
