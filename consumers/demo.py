@@ -30,7 +30,7 @@ from rich.panel import Panel
 
 from consumers.media import Score, Version, make_score, render
 from consumers.render import print_event, print_setlist
-from consumers.resample import StreamResampler
+from streamcover.audio.resample import StreamResampler
 from streamcover.config import Settings, get_settings
 from streamcover.events import MatchEvent, decode
 

@@ -33,8 +33,8 @@ import numpy as np
 
 from consumers.engine import Engine
 from consumers.metrics import Metrics
-from consumers.resample import StreamResampler
 from streamcover.audio.chunking import normalize_chunks
+from streamcover.audio.resample import StreamResampler
 from streamcover.config import Settings
 from streamcover.events import (
     AudioFrame,

@@ -185,9 +185,9 @@ def bench(args: argparse.Namespace) -> None:
 def calibrate(args: argparse.Namespace) -> None:
     """Score distributions of covers vs unrelated works and the false alarms they imply."""
     from consumers.engine import load_encoder
-    from consumers.resample import StreamResampler
     from streamcover.audio.chunking import chunk_features
     from streamcover.audio.frontend import make_frontend
+    from streamcover.audio.resample import StreamResampler
     from streamcover.catalog.search import TwoStageSearcher
 
     base = get_settings()

@@ -521,13 +521,7 @@ class Catalog:
         name = f"seg-{time.time_ns():020d}-{os.getpid()}.f16"
         crc, nbytes = write_segment(self.path / SEGMENT_DIR / name, rows, model_id)
         with _tx(self._conn):
-            version = self._bump()
-            cur = self._conn.execute(
-                "INSERT INTO segments (file, rows, dim, crc32, bytes, created_version) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (name, rows.shape[0], dim, crc, nbytes, version),
-            )
-            seg_id = int(cur.lastrowid or 0)
+            version, seg_id = self._register_segment(name, rows.shape[0], dim, crc, nbytes)
             row = 0
             now = _now()
             for r, m in zip(todo, mats, strict=True):
@@ -547,6 +541,19 @@ class Catalog:
                 )
                 row += m.shape[0]
         return AddResult([r.id for r in todo], skipped, version)
+
+    def _register_segment(
+        self, name: str, n_rows: int, dim: int, crc: int, nbytes: int
+    ) -> tuple[int, int]:
+        """Inside a transaction: bump the version and record a durable segment file.
+        Returns (new version, segment id)."""
+        version = self._bump()
+        cur = self._conn.execute(
+            "INSERT INTO segments (file, rows, dim, crc32, bytes, created_version) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (name, n_rows, dim, crc, nbytes, version),
+        )
+        return version, int(cur.lastrowid or 0)
 
     def remove(self, ref_id: str) -> int:
         """Tombstone a live reference; returns the new version. Unknown id -> KeyError."""
@@ -581,13 +588,7 @@ class Catalog:
         name = f"seg-{time.time_ns():020d}-{os.getpid()}.f16"
         crc, nbytes = write_segment(self.path / SEGMENT_DIR / name, rows, model_id or "")
         with _tx(self._conn):
-            version = self._bump()
-            cur = self._conn.execute(
-                "INSERT INTO segments (file, rows, dim, crc32, bytes, created_version) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (name, rows.shape[0], dim, crc, nbytes, version),
-            )
-            seg_id = int(cur.lastrowid or 0)
+            _, seg_id = self._register_segment(name, rows.shape[0], dim, crc, nbytes)
             row = 0
             for k in keys:
                 n = int(layout.n_chunks[k])

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from consumers.media import Score, Version, make_score, render
-from consumers.resample import StreamResampler
+from streamcover.audio.resample import StreamResampler
 from streamcover.config import (
     AudioSettings,
     KafkaSettings,

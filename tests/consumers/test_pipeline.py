@@ -13,7 +13,6 @@ from monitor_world import WIRE_RATE, World
 
 from consumers.engine import build_engine
 from consumers.pipeline import InRecord, Pipeline
-from consumers.resample import StreamResampler
 from streamcover.events import AudioFrame, MatchEvent, StreamState, decode_any, encode
 
 
@@ -110,29 +109,6 @@ def test_replayed_dead_letters_are_not_repeated(world: World, engine: Any) -> No
     for p, k, v in out.states:
         again.load_state(p, k, v)
     assert again.process([bad]).dead_letters == []
-
-
-def test_resampler_matches_offline_and_is_block_size_invariant() -> None:
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(30_000).astype(np.float32)
-    for a, b in [(22_050, 44_100), (48_000, 44_100), (44_100, 22_050)]:
-        whole = StreamResampler(a, b).push(x)
-        r = StreamResampler(a, b)
-        parts = np.concatenate([r.push(x[i : i + n]) for i, n in _blocks(len(x), rng)])
-        assert np.allclose(parts, whole[: len(parts)], atol=1e-5)
-        assert abs(len(whole) - len(x) * b // a) < 40
-        t = np.arange(len(whole)) / b
-        sine = StreamResampler(a, b).push(np.sin(2 * np.pi * 440 * np.arange(len(x)) / a).astype(np.float32))
-        assert np.abs(sine[100:] - np.sin(2 * np.pi * 440 * t[100:len(sine)])).max() < 1e-3
-
-
-def _blocks(n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    out, i = [], 0
-    while i < n:
-        k = int(rng.integers(1, 5000))
-        out.append((i, k))
-        i += k
-    return out
 
 
 def test_frames_on_wire_are_decodable(world: World) -> None:
