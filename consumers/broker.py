@@ -13,8 +13,7 @@ and :class:`KafkaBroker` runs ONE combined broker+controller (KRaft, no ZooKeepe
 5. ready once an admin metadata call (aiokafka) lists the broker;
 6. stop with SIGTERM (Kafka's controlled shutdown), SIGKILL after a grace period.
 
-Also a CLI: ``python -m consumers.broker run|fetch`` (``streamcover broker`` calls
-:func:`cli_main`).
+Its command line is ``streamcover broker run|fetch``, which calls :func:`cli_main`.
 """
 
 from __future__ import annotations
@@ -707,26 +706,6 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Terminated()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``run``/``fetch`` (shared by ``streamcover broker`` and ``-m``)."""
-    sub = parser.add_subparsers(dest="broker_action", metavar="ACTION", required=True)
-    fetch = sub.add_parser("fetch", help="download the Kafka broker jars (Maven) and exit")
-    run = sub.add_parser("run", help="start a local broker, print its address, wait for Ctrl-C")
-    for p in (fetch, run):
-        p.add_argument("--kafka-version", default=DEFAULT_KAFKA_VERSION,
-                       help="broker version (default %(default)s)")
-    fetch.add_argument("--force", action="store_true", help="fetch again even if present")
-    run.add_argument("--port", type=int, default=9092,
-                     help="PLAINTEXT port on 127.0.0.1 (0: any free port; default %(default)s, "
-                          "the default of kafka.bootstrap_servers)")
-    run.add_argument("--sasl-ssl", action="store_true",
-                     help="also open a SASL_SSL listener with a throw-away CA")
-    run.add_argument("--sasl-ssl-port", type=int, default=0, help="its port (0: any free port)")
-    run.add_argument("--data-dir", type=Path, default=None,
-                     help="keep broker data here across runs (default: a temporary directory)")
-    run.add_argument("--heap", default="512m", help="JVM -Xmx (default %(default)s)")
-
-
 def cli_main(args: argparse.Namespace) -> int:
     """Entry point behind ``streamcover broker``."""
     if args.broker_action == "fetch":
@@ -768,20 +747,3 @@ def cli_main(args: argparse.Namespace) -> int:
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m consumers.broker run|fetch``."""
-    parser = argparse.ArgumentParser(prog="python -m consumers.broker", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return cli_main(args)
-    except BrokerError as exc:
-        print(f"broker: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    raise SystemExit(main())
