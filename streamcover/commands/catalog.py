@@ -18,7 +18,6 @@ reference is stored twice. ``--catalog PATH`` overrides ``settings.catalog.path`
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import os
@@ -148,28 +147,16 @@ def iter_paths(paths: list[Path]) -> Iterator[Path]:
 def read_manifest(path: Path) -> list[Item]:
     """CSV (header row) or JSONL; ``path`` is required, relative paths resolve to the manifest."""
     from streamcover.cli import CliError
+    from streamcover.manifests import ManifestError, read_manifest_rows
 
-    if not path.exists():
-        raise CliError(f"manifest {path} not found")
-    rows: list[dict[str, Any]] = []
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CliError(f"manifest {path} line {n}: not JSON ({exc})") from exc
-            if not isinstance(obj, dict):
-                raise CliError(f"manifest {path} line {n}: expected an object")
-            rows.append(obj)
-    else:
-        with open(path, newline="") as fh:
-            rows = [dict(r) for r in csv.DictReader(fh)]
+    try:
+        rows = read_manifest_rows(path)
+    except ManifestError as exc:
+        raise CliError(str(exc)) from exc
     items = []
-    for n, row in enumerate(rows, 1):
+    for n, row in rows:
         if not row.get("path"):
-            raise CliError(f"manifest {path} row {n}: missing 'path'")
+            raise CliError(f"manifest {path}:{n}: missing 'path'")
         p = Path(str(row["path"]))
         if not p.is_absolute():
             p = path.parent / p

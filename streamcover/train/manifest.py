@@ -21,7 +21,6 @@ keyed by the file's path, size and mtime, the segment and the front-end.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from collections.abc import Iterable
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from streamcover.log import get_logger
+from streamcover.manifests import ManifestError, read_manifest_rows
 from streamcover.train.tracks import TrackSet
 
 if TYPE_CHECKING:
@@ -42,10 +42,6 @@ log = get_logger("streamcover.train.manifest")
 
 REQUIRED = ("work", "path")
 OPTIONAL = ("title", "artist", "start", "end")
-
-
-class ManifestError(ValueError):
-    """A manifest that cannot be used; the message names the file and line."""
 
 
 @dataclass(frozen=True)
@@ -94,33 +90,8 @@ def _entry(row: dict[str, Any], base: Path, where: str, line: int) -> ManifestEn
 def read_manifest(path: Path) -> list[ManifestEntry]:
     """Parse a CSV or JSONL manifest; every malformed line is an error naming the line."""
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"manifest {path} does not exist")
     base = path.resolve().parent
-    entries: list[ManifestEntry] = []
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if reader.fieldnames is None:
-                raise ManifestError(f"{path}: empty CSV (needs a header with work,path)")
-            for line, row in enumerate(reader, start=2):
-                entries.append(_entry({k.strip(): v for k, v in row.items() if k}, base,
-                                      str(path), line))
-    elif suffix in {".jsonl", ".ndjson"}:
-        with path.open(encoding="utf-8") as fh:
-            for line, text in enumerate(fh, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise ManifestError(f"{path}:{line}: not JSON: {exc}") from exc
-                if not isinstance(row, dict):
-                    raise ManifestError(f"{path}:{line}: each line must be a JSON object")
-                entries.append(_entry(row, base, str(path), line))
-    else:
-        raise ManifestError(f"{path}: manifest must be .csv or .jsonl")
+    entries = [_entry(row, base, str(path), line) for line, row in read_manifest_rows(path)]
     if not entries:
         raise ManifestError(f"{path}: no recordings")
     return entries
