@@ -11,10 +11,11 @@
 # over nice 10) so it gets the share intended. It uses one thread, so at most one core.
 # AUTOGROUP_NICE=0 turns this off.
 #
-# Usage: ops/train/run-hpcp-compact.sh [RUN_NAME] [SHS_NPZ]
+# Usage: [CONFIG=ops/train/<config>.json] ops/train/run-hpcp-compact.sh [RUN_NAME] [SHS_NPZ]
 set -eu
 cd "$(dirname "$0")/../.."
 RUN=${1:-hpcp-compact-inv2}
+CONFIG=${CONFIG:-ops/train/hpcp-compact.json}
 SHS=${2:-/work/shared/data/shs100k_test_hpcp_u8.npz}
 RUNS=${STREAMCOVER_RUNS:-$HOME/.cache/streamcover/runs}
 AUTOGROUP_NICE=${AUTOGROUP_NICE:--10}
@@ -22,7 +23,7 @@ AUTOGROUP_NICE=${AUTOGROUP_NICE:--10}
 INIT=${INIT_FROM:+--init-from $INIT_FROM}
 mkdir -p "$RUNS/$RUN"
 nohup setsid .venv/bin/python -m streamcover train --shs "$SHS" \
-  --split ops/train/shs100k-test-split.json --config ops/train/hpcp-compact.json \
+  --split ops/train/shs100k-test-split.json --config "$CONFIG" \
   --run "$RUN" --runs-dir "$RUNS" --no-progress $INIT >> "$RUNS/$RUN/train.out" 2>&1 < /dev/null &
 PID=$!
 if [ -w "/proc/$PID/autogroup" ] && [ "$AUTOGROUP_NICE" != 0 ]; then

@@ -1,11 +1,13 @@
 """ByteCover3 two-stage retrieval over a :class:`~streamcover.catalog.index.SearchView`.
 
-Stage 1: each query chunk's top-K neighbours (K=50) in the HNSW graph; their
-references are the candidates, ranked by their best neighbour similarity and
-capped at ``max_candidates``. Stage 2: MaxMean between the query's chunks and each
-candidate's full chunk set (``streamcover.model.maxmean.maxmean_padded``, batched
-and masked), which also gives the alignment: for each query chunk, the best
-reference chunk, its time offset and the similarity. References that stage 1 does
+Stage 1: each query chunk's K nearest distinct references (K=50) in the HNSW graph,
+found among its ``K * fetch_factor`` nearest chunks; their union is the candidate
+set, ranked by best neighbour similarity and capped at ``max_candidates``. Stage 2:
+MaxMean between the query's chunks and each candidate's full chunk set, as one
+float16 similarity matrix over the candidates' concatenated chunks and per-reference
+``reduceat`` maxima (the same value ``streamcover.model.maxmean`` defines); for the
+top hits, the alignment: for each query chunk, the best reference chunk, its time
+offset and the similarity. References that stage 1 does
 not reach are not scored (ByteCover3 gives them similarity 0).
 
 Exhaustive mode scores every live reference with the same MaxMean, for evaluation
@@ -15,6 +17,8 @@ and for measuring how much stage 1 loses.
 from __future__ import annotations
 
 import os
+import weakref
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,8 +29,6 @@ from streamcover.catalog.index import SearchView, SnapshotWatcher
 from streamcover.catalog.store import ModelMismatchError, normalise_rows
 
 if TYPE_CHECKING:
-    import torch
-
     from streamcover.config import CatalogSettings
 
 
@@ -45,6 +47,40 @@ class SearchHit:
     model_id: str | None = None
 
 
+class Stage1Memo:
+    """Stage-1 results of one query stream's chunks, reused while the catalog view stays.
+
+    A live stream's query is its last few chunks and an upload's is all of them; each new
+    window adds one chunk, so without the memo every window would repeat the HNSW search
+    of every earlier chunk. Entries are dropped when the view changes (a new snapshot or
+    store version) and when their chunk leaves the query.
+    """
+
+    def __init__(self) -> None:
+        self._view: weakref.ref[SearchView] | None = None
+        self._rows: dict[Hashable, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def bind(self, view: SearchView, chunk_ids: Sequence[Hashable]) -> None:
+        """Forget everything if ``view`` is not the one the entries came from, and
+        entries whose chunk is not among ``chunk_ids``."""
+        if self._view is None or self._view() is not view:
+            self._rows.clear()
+            self._view = weakref.ref(view)
+            return
+        keep = set(chunk_ids)
+        for cid in [c for c in self._rows if c not in keep]:
+            del self._rows[cid]
+
+    def get(self, chunk_id: Hashable) -> tuple[np.ndarray, np.ndarray] | None:
+        return self._rows.get(chunk_id)
+
+    def put(self, chunk_id: Hashable, row: tuple[np.ndarray, np.ndarray]) -> None:
+        self._rows[chunk_id] = row
+
+
 class TwoStageSearcher:
     """The library API the monitor calls. Thread-safe: each query uses one view throughout."""
 
@@ -55,12 +91,14 @@ class TwoStageSearcher:
         top_k: int = 50,
         max_candidates: int = 250,
         refine: int = 4,
+        fetch_factor: float = 2.0,
         model_id: str | None = None,
         device: str = "cpu",
     ) -> None:
         self._source = source
         self.refine = refine
         self.top_k = top_k
+        self.fetch_factor = fetch_factor
         self.max_candidates = max_candidates
         self.model_id = model_id
         self.device = device
@@ -89,7 +127,7 @@ class TwoStageSearcher:
         else:
             source = SearchView.open(path, ef_search=s.hnsw_ef_search, verify=verify)
         return cls(source, top_k=s.top_k, max_candidates=s.max_candidates, refine=s.stage1_refine,
-                   model_id=model_id)
+                   fetch_factor=s.stage1_fetch_factor, model_id=model_id)
 
     @property
     def view(self) -> SearchView:
@@ -128,15 +166,53 @@ class TwoStageSearcher:
 
     # ------------------------------------------------------------------ stage 1
 
-    def candidates(self, view: SearchView, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate reference keys (best first) and their best stage-1 similarity."""
-        s1 = view.stage1(q, self.top_k, self.refine)
-        keys = s1.ref_keys.reshape(-1)
-        sims = s1.sims.reshape(-1)
+    @property
+    def fetch(self) -> int:
+        """Chunk neighbours fetched per query chunk to find ``top_k`` distinct references."""
+        return max(self.top_k, round(self.top_k * self.fetch_factor))
+
+    def _distinct(self, keys: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One query chunk's neighbour row -> its ``top_k`` nearest distinct references."""
         ok = keys >= 0
         keys, sims = keys[ok], sims[ok]
-        if keys.size == 0:
+        # Rows are sorted best first, so a key's first index is its best neighbour.
+        _, first = np.unique(keys, return_index=True)
+        pick = np.sort(first)[: self.top_k]
+        return keys[pick], sims[pick]
+
+    def candidates(self, view: SearchView, q: np.ndarray, chunk_ids: Sequence[Hashable] | None = None,
+                   memo: Stage1Memo | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate reference keys (best first) and their best stage-1 similarity.
+
+        Each query chunk contributes its ``top_k`` nearest *distinct* references: a
+        reference near the query has several neighbouring chunks (its chunks overlap in
+        time), so K chunk neighbours alone would name far fewer than K references.
+        With ``chunk_ids`` and a ``memo``, chunks already searched on this view are not
+        searched again.
+        """
+        rows: list[tuple[np.ndarray, np.ndarray] | None] = [None] * q.shape[0]
+        todo = list(range(q.shape[0]))
+        if memo is not None and chunk_ids is not None:
+            if len(chunk_ids) != q.shape[0]:
+                raise ValueError(f"{q.shape[0]} query chunks but {len(chunk_ids)} chunk ids")
+            memo.bind(view, chunk_ids)
+            todo = []
+            for i, cid in enumerate(chunk_ids):
+                rows[i] = memo.get(cid)
+                if rows[i] is None:
+                    todo.append(i)
+        if todo:
+            s1 = view.stage1(q[todo], self.fetch, self.refine)
+            for i, keys, sims in zip(todo, s1.ref_keys, s1.sims, strict=True):
+                row = self._distinct(keys, sims)
+                rows[i] = row
+                if memo is not None and chunk_ids is not None:
+                    memo.put(chunk_ids[i], row)
+        found = [r for r in rows if r is not None]
+        if not found or not sum(r[0].size for r in found):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        keys = np.concatenate([r[0] for r in found])
+        sims = np.concatenate([r[1] for r in found])
         order = np.argsort(-sims, kind="stable")
         keys, sims = keys[order], sims[order]
         uniq, first = np.unique(keys, return_index=True)
@@ -145,67 +221,81 @@ class TwoStageSearcher:
 
     # ------------------------------------------------------------------ stage 2
 
-    def _gather(self, view: SearchView, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Padded float32 [R, L, D] chunk embeddings of ``keys``: one row gather per segment.
+    @staticmethod
+    def _gather(view: SearchView, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The float16 chunk rows of ``keys``, concatenated in key order, and each key's length.
 
-        Padding rows repeat a reference's last chunk (``maxmean_padded`` masks them), so the
-        gather is a single fancy index on the memory map followed by one dtype conversion.
+        A reference's rows are contiguous in its segment, so each segment is read with
+        one fancy index; no padding, no float32 copy.
         """
         lay = view.layout
-        lengths = lay.n_chunks[keys]
-        lmax = int(lengths.max())
-        steps = np.arange(lmax)
-        segs = lay.segment[keys]
-        first = segs[0]
-        if (segs == first).all():
-            rows = lay.row_start[keys][:, None] + np.minimum(steps[None, :], lengths[:, None] - 1)
-            out = view.segments[int(first)][rows.ravel()].astype(np.float32)
-            return out.reshape(keys.shape[0], lmax, view.dim), lengths
-        out = np.empty((keys.shape[0], lmax, view.dim), np.float32)
+        lengths = lay.n_chunks[keys].astype(np.int64)
+        total = int(lengths.sum())
+        offsets = np.cumsum(lengths) - lengths
+        rows = np.repeat(lay.row_start[keys].astype(np.int64) - offsets, lengths) + np.arange(total)
+        segs = np.repeat(lay.segment[keys], lengths)
+        out = np.empty((total, view.dim), np.float16)
         for seg in np.unique(segs):
-            sel = np.flatnonzero(segs == seg)
-            ln = lengths[sel]
-            rows = lay.row_start[keys[sel]][:, None] + np.minimum(steps[None, :], ln[:, None] - 1)
-            out[sel] = view.segments[int(seg)][rows.ravel()].reshape(sel.size, lmax, view.dim)
+            sel = segs == seg
+            out[sel] = view.segments[int(seg)][rows[sel]]
         return out, lengths
 
-    def rerank(self, view: SearchView, q: np.ndarray, keys: np.ndarray,
-               block_chunks: int = 65536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """MaxMean of the query against each reference in ``keys``.
+    def _sims(self, rows: np.ndarray, q: np.ndarray, exact: bool = False) -> np.ndarray:
+        """Cosine similarities ``[rows, M]`` as float32.
 
-        Returns scores [R], best reference chunk [R, M] and its similarity [R, M].
-        References are processed in blocks of about ``block_chunks`` padded rows.
+        Screening (``exact=False``) multiplies in float16: on the CPU that is 3x faster
+        than converting the rows to float32 first, but its float16 result carries an
+        error of up to ~3e-4 near 1. ``exact`` converts first; :meth:`rerank` uses it to
+        re-score the leaders, so reported scores and their order are float32-exact.
         """
         import torch
 
-        from streamcover.model.maxmean import maxmean_padded
+        r = torch.from_numpy(rows).to(self.device)
+        with torch.inference_mode():
+            if exact:
+                return (r.float() @ torch.from_numpy(q).to(self.device).T).cpu().numpy()
+            qq = torch.from_numpy(q.astype(np.float16)).to(self.device)
+            return (r @ qq.T).float().cpu().numpy()
 
+    @staticmethod
+    def _maxmean(sims: np.ndarray, lengths: np.ndarray, m: int) -> np.ndarray:
+        """Per-reference MaxMean from the stacked similarities of their chunks."""
+        starts = np.cumsum(lengths) - lengths
+        query_first = np.maximum.reduceat(sims, starts, axis=0).mean(axis=1)
+        ref_first = np.add.reduceat(sims.max(axis=1), starts) / lengths
+        return np.where(lengths >= m, query_first, ref_first).astype(np.float32)
+
+    def rerank(self, view: SearchView, q: np.ndarray, keys: np.ndarray,
+               block_rows: int = 65536, exact_top: int = 32) -> np.ndarray:
+        """MaxMean of the query against each reference in ``keys`` -> scores ``[R]``.
+
+        One similarity matrix per block of references (about ``block_rows`` chunks),
+        then per-reference maxima with ``reduceat``. The order rule of MaxMean holds: a
+        reference with fewer chunks than the query is scored reference-to-query. The
+        ``exact_top`` best are re-scored in float32.
+        """
         m = q.shape[0]
         scores = np.zeros(keys.shape[0], np.float32)
-        best = np.zeros((keys.shape[0], m), np.int64)
-        bsim = np.zeros((keys.shape[0], m), np.float32)
-        if keys.size == 0:
-            return scores, best, bsim
-        qt = torch.from_numpy(q).to(self.device)
-        lengths = view.layout.n_chunks[keys]
-        # Sort by length so padding stays small inside a block.
-        order = np.argsort(lengths, kind="stable")
+        lengths_all = view.layout.n_chunks[keys].astype(np.int64)
         i = 0
-        with torch.inference_mode():
-            while i < order.size:
-                # Ascending lengths: the block's padded length is that of its last member.
-                j = i + 1
-                while j < order.size and (j - i + 1) * int(lengths[order[j]]) <= block_chunks:
-                    j += 1
-                idx = order[i:j]
-                refs, lens = self._gather(view, keys[idx])
-                res = maxmean_padded(qt, _to_tensor(refs, self.device),
-                                     torch.from_numpy(lens), normalized=True)
-                scores[idx] = res.scores.float().cpu().numpy()
-                best[idx] = res.best_ref_chunk.cpu().numpy()
-                bsim[idx] = res.best_sim.float().cpu().numpy()
-                i = j
-        return scores, best, bsim
+        while i < keys.size:
+            total = np.cumsum(lengths_all[i:])
+            j = i + max(1, int(np.searchsorted(total, block_rows, side="right")))
+            rows, lengths = self._gather(view, keys[i:j])
+            scores[i:j] = self._maxmean(self._sims(rows, q), lengths, m)
+            i = j
+        if exact_top > 0 and keys.size:
+            lead = np.argsort(-scores, kind="stable")[:exact_top]
+            rows, lengths = self._gather(view, keys[lead])
+            scores[lead] = self._maxmean(self._sims(rows, q, exact=True), lengths, m)
+        return scores
+
+    def align(self, view: SearchView, q: np.ndarray, key: int) -> tuple[np.ndarray, np.ndarray]:
+        """For each query chunk, its best chunk of reference ``key`` and that similarity."""
+        rows, _ = self._gather(view, np.array([key], np.int64))
+        sims = self._sims(rows, q, exact=True)
+        best = sims.argmax(axis=0)
+        return best, sims[best, np.arange(q.shape[0])]
 
     # ------------------------------------------------------------------ API
 
@@ -217,30 +307,37 @@ class TwoStageSearcher:
         top_n: int = 10,
         model_id: str | None = None,
         exhaustive: bool = False,
+        chunk_ids: Sequence[Hashable] | None = None,
+        memo: Stage1Memo | None = None,
     ) -> list[SearchHit]:
-        """Ranked references for a query of M chunk embeddings [M, D] starting at ``query_starts``."""
+        """Ranked references for a query of M chunk embeddings [M, D] starting at ``query_starts``.
+
+        A stream that queries repeatedly passes stable ``chunk_ids`` and its own
+        :class:`Stage1Memo`, so only its new chunks are searched in stage 1.
+        """
         view = self.view
         q, starts = self._prepare(view, query_vectors, query_starts, model_id)
         if exhaustive:
             keys = view.layout.keys
             s1 = np.full(keys.shape[0], np.nan, np.float32)
         else:
-            keys, s1 = self.candidates(view, q)
-        scores, best, bsim = self.rerank(view, q, keys)
+            keys, s1 = self.candidates(view, q, chunk_ids, memo)
+        scores = self.rerank(view, q, keys, exact_top=max(32, 2 * top_n))
         order = np.argsort(-scores, kind="stable")[:top_n]
         meta = view.metadata([int(keys[i]) for i in order])
         hits = []
         for i in order:
             k = int(keys[i])
             rstarts = view.ref_starts(k)
+            best, bsim = self.align(view, q, k)
             align = [
-                (float(starts[j]), float(rstarts[best[i, j]]), float(bsim[i, j]))
+                (float(starts[j]), float(rstarts[best[j]]), float(bsim[j]))
                 for j in range(q.shape[0])
             ]
             md = meta.get(k, {})
             hits.append(SearchHit(
                 reference_id=str(md.get("id", k)), score=float(scores[i]), metadata=md,
-                alignment=align, ref_key=k, ref_chunks=[int(b) for b in best[i]],
+                alignment=align, ref_key=k, ref_chunks=[int(b) for b in best],
                 stage1_sim=float(s1[i]), catalog_version=view.store_version,
                 model_id=view.model_id,
             ))
@@ -252,8 +349,7 @@ class TwoStageSearcher:
         view = self.view
         q, _ = self._prepare(view, query_vectors, np.zeros(len(query_vectors)), model_id)
         keys = view.layout.keys
-        scores, _, _ = self.rerank(view, q, keys)
-        return keys, scores
+        return keys, self.rerank(view, q, keys)
 
     def two_stage_scores(self, query_vectors: np.ndarray,
                          model_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -261,11 +357,5 @@ class TwoStageSearcher:
         view = self.view
         q, _ = self._prepare(view, query_vectors, np.zeros(len(query_vectors)), model_id)
         keys, _ = self.candidates(view, q)
-        scores, _, _ = self.rerank(view, q, keys)
-        return keys, scores
+        return keys, self.rerank(view, q, keys)
 
-
-def _to_tensor(x: np.ndarray, device: str) -> torch.Tensor:
-    import torch
-
-    return torch.from_numpy(x).to(device)

@@ -65,6 +65,12 @@ class LossConfig(BaseModel):
     global_level: Literal["chunk", "sample"] = "sample"
     ce_weight: float = Field(1.0, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
+    # The CE classifier: "linear" (ByteCover's bias-free FC on f_c) or "cosine" (CosFace:
+    # scale * cos(f_c, w) minus a margin on the true class), which learns faster on
+    # small, many-class data because the logits cannot grow by inflating norms.
+    classifier: Literal["linear", "cosine"] = "linear"
+    cosine_scale: float = Field(30.0, gt=0)
+    cosine_margin: float = Field(0.2, ge=0, lt=1)
     triplet_weight: float = Field(1.0, ge=0)
     triplet_margin: float = Field(0.3, ge=0)
     # Local Alignment Loss (L_lac + L_lat) on the chunk embeddings; 0 disables it.

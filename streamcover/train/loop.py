@@ -223,7 +223,8 @@ def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None,
         triplet_margin=lc.triplet_margin, lac_weight=lc.lac_weight, lac_proxies=lc.lac_proxies,
         lat_weight=lc.lat_weight, lat_margin=lc.lat_margin, lat_pull_weight=lc.lat_pull_weight,
         map_weight=lc.map_weight, map_temperature=lc.map_temperature,
-        global_level=lc.global_level,
+        global_level=lc.global_level, classifier=lc.classifier,
+        cosine_scale=lc.cosine_scale, cosine_margin=lc.cosine_margin,
     ).to(device)
     tau_params = [p for n, p in heads.named_parameters() if n.endswith("tau")]
     other_heads = [p for n, p in heads.named_parameters() if not n.endswith("tau")]

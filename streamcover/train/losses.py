@@ -8,7 +8,7 @@ MaxMean retrieval needs (each query chunk must find a matching reference chunk) 
 gives 4x more labelled examples per batch; the local losses below work on sets.
 
 Global path (ByteCover): cross-entropy with label smoothing on f_c through a bias-free
-linear classifier, plus batch-hard triplet (margin 0.3, Euclidean) on f_t.
+linear classifier (or a CosFace cosine classifier, ``classifier="cosine"``), plus batch-hard triplet (margin 0.3, Euclidean) on f_t.
 Local path (ByteCover3 LAL, on the L2-normalised chunk embeddings):
 - L_lac: logits_k = exp(tau) * MaxMean(chunks, proxies_k), L proxies per class;
 - L_lat: relu((1+m) * hardest_neg - hardest_pos) over MaxMean similarities between
@@ -145,10 +145,16 @@ class MultiLoss(nn.Module):
                  triplet_margin: float = 0.3, lac_weight: float = 1.0, lac_proxies: int = 9,
                  lat_weight: float = 1.0, lat_margin: float = 0.1, lat_pull_weight: float = 0.1,
                  map_weight: float = 0.0, map_temperature: float = 0.01,
-                 global_level: str = "chunk") -> None:
+                 global_level: str = "chunk", classifier: str = "linear",
+                 cosine_scale: float = 30.0, cosine_margin: float = 0.2) -> None:
         super().__init__()
+        if classifier not in ("linear", "cosine"):
+            raise ValueError(f"classifier must be 'linear' or 'cosine', got {classifier!r}")
         self.classifier = nn.Linear(feat_dim, n_classes, bias=False)
         nn.init.normal_(self.classifier.weight, std=0.001)
+        self.classifier_kind = classifier
+        self.cosine_scale = cosine_scale
+        self.cosine_margin = cosine_margin
         self.proxy: ProxyClassifier | None = (
             ProxyClassifier(n_classes, embed_dim, lac_proxies) if lac_weight > 0 else None
         )
@@ -166,6 +172,14 @@ class MultiLoss(nn.Module):
             raise ValueError(f"global_level must be 'chunk' or 'sample', got {global_level!r}")
         self.global_level = global_level
 
+    def class_logits(self, f_c: Tensor, labels: Tensor) -> Tensor:
+        """CE logits: linear, or CosFace ``s * (cos - m * onehot)`` for the cosine classifier."""
+        if self.classifier_kind == "linear":
+            return self.classifier(f_c)
+        cos = F.normalize(f_c, dim=-1) @ F.normalize(self.classifier.weight.float(), dim=-1).t()
+        margin = F.one_hot(labels, cos.shape[1]).to(cos.dtype) * self.cosine_margin
+        return self.cosine_scale * (cos - margin)
+
     def forward(self, pooled: Tensor, neck: Tensor, embedding: Tensor, owner: Tensor,
                 labels: Tensor) -> dict[str, Tensor]:
         """Loss terms (weighted) and their sum under ``"total"``."""
@@ -179,7 +193,7 @@ class MultiLoss(nn.Module):
             glabels = labels
         if self.ce_weight > 0:
             terms["ce"] = self.ce_weight * F.cross_entropy(
-                self.classifier(f_c), glabels, label_smoothing=self.label_smoothing)
+                self.class_logits(f_c, glabels), glabels, label_smoothing=self.label_smoothing)
         if self.triplet_weight > 0:
             terms["triplet"] = self.triplet_weight * batch_hard_triplet(
                 f_t, glabels, self.triplet_margin)

@@ -20,7 +20,7 @@ from streamcover.catalog.index import (
     build_snapshot,
     current_snapshot_path,
 )
-from streamcover.catalog.search import TwoStageSearcher
+from streamcover.catalog.search import Stage1Memo, TwoStageSearcher
 from streamcover.catalog.store import Catalog, CatalogCorruptError, ModelMismatchError
 from streamcover.catalog.synthetic import SyntheticCorpus, SyntheticRef
 
@@ -223,3 +223,93 @@ def test_snapshot_swap_while_searching(
     assert view.delta_keys.size == 0 and view.dead_in_snapshot == 0
     new_hits = TwoStageSearcher(view).search(_query_from(refs[80], 0, 3), np.zeros(3))
     assert new_hits[0].reference_id == refs[80].id
+
+
+def test_stage1_keeps_k_distinct_references_per_chunk(
+    make_catalog: Callable[..., Path], refs: list[SyntheticRef]
+) -> None:
+    view = SearchView.open(make_catalog())
+    q = _query_from(refs[11], 1, 3)
+    s = TwoStageSearcher(view, top_k=10, fetch_factor=4.0, max_candidates=1000)
+    keys, sims = s.candidates(view, q)
+    assert len(set(keys.tolist())) == len(keys)
+    assert np.all(np.diff(sims) <= 0)
+    # Each chunk's 10 nearest distinct references are all candidates; with plain chunk
+    # neighbours (fetch = K) the same chunk names fewer distinct references.
+    rows = view.stage1(q, s.fetch)
+    for r in range(3):
+        ok = rows.ref_keys[r] >= 0
+        _, first = np.unique(rows.ref_keys[r][ok], return_index=True)
+        nearest = rows.ref_keys[r][ok][np.sort(first)[:10]]
+        assert len(nearest) == 10 and set(nearest.tolist()) <= set(keys.tolist())
+    plain = view.stage1(q, 10)
+    assert min(len(np.unique(plain.ref_keys[r])) for r in range(3)) < 10
+
+
+def test_stage2_scores_equal_reference_maxmean(
+    make_catalog: Callable[..., Path], refs: list[SyntheticRef]
+) -> None:
+    """The float16 screen plus float32 re-score gives the MaxMean the model defines,
+    including the order rule for references shorter than the query."""
+    import torch
+
+    from streamcover.model.maxmean import maxmean
+
+    view = SearchView.open(make_catalog())
+    s = TwoStageSearcher(view)
+    rng = np.random.default_rng(3)
+    q = _query_from(refs[5], 0, 8)
+    keys = view.layout.keys[rng.choice(view.layout.keys.size, 60, replace=False)]
+    short = [k for k in keys if view.layout.n_chunks[k] < 8]
+    assert short, "the synthetic catalog has references shorter than the query"
+    screened = s.rerank(view, q, keys, exact_top=0)
+    exact = s.rerank(view, q, keys, exact_top=keys.size)
+    want = np.array([
+        float(maxmean(torch.from_numpy(q), torch.from_numpy(view.ref_vectors(int(k)).astype(np.float32)),
+                      normalized=True))
+        for k in keys
+    ])
+    np.testing.assert_allclose(exact, want, atol=2e-6)
+    np.testing.assert_allclose(screened, want, atol=1e-3)
+    # Blocks smaller than one reference still give the same scores.
+    np.testing.assert_allclose(s.rerank(view, q, keys, block_rows=5, exact_top=keys.size), exact,
+                               atol=1e-7)
+
+
+def test_stage1_memo_searches_only_new_chunks(
+    make_catalog: Callable[..., Path], refs: list[SyntheticRef]
+) -> None:
+    path = make_catalog(n=60)
+    watcher = SnapshotWatcher(path, poll_seconds=60)
+    s = TwoStageSearcher(watcher, top_k=20)
+    memo = Stage1Memo()
+    target = refs[7]
+    q = _query_from(target, 0, 6)
+    starts = np.arange(6) * 10.0
+    calls: list[int] = []
+    view = watcher.current()
+    real = view.stage1
+
+    def counting(queries: np.ndarray, k: int, refine: int = 1):  # type: ignore[no-untyped-def]
+        calls.append(queries.shape[0])
+        return real(queries, k, refine)
+
+    view.stage1 = counting  # type: ignore[method-assign]
+    for n in range(1, 7):
+        hits = s.search(q[:n], starts[:n], chunk_ids=list(range(n)), memo=memo)
+        plain = s.search(q[:n], starts[:n])
+        assert [h.reference_id for h in hits] == [h.reference_id for h in plain]
+        assert [h.score for h in hits] == [h.score for h in plain]
+    memo_calls = calls[0::2]
+    assert memo_calls == [1, 1, 1, 1, 1, 1]
+    # A sliding horizon: chunks that left the query are forgotten.
+    s.search(q[3:], starts[3:], chunk_ids=[3, 4, 5], memo=memo)
+    assert len(memo) == 3 and calls[-1] == 6
+    # A new view (the catalog changed) invalidates the memo.
+    with Catalog.open(path, "a") as cat:
+        cat.add_references([as_input(refs[100])], MODEL)
+    assert watcher.poll()
+    hits = s.search(q[3:], starts[3:], chunk_ids=[3, 4, 5], memo=memo)
+    assert hits[0].reference_id == target.id and len(memo) == 3
+    with pytest.raises(ValueError, match="chunk ids"):
+        s.search(q[:2], starts[:2], chunk_ids=[0], memo=memo)

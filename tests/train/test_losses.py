@@ -125,3 +125,22 @@ def test_global_losses_per_chunk_use_each_chunks_work_label() -> None:
     assert chunk(odd.abs(), odd, odd, owner, LABELS)["triplet"] > a["triplet"]
     with pytest.raises(ValueError, match="global_level"):
         MultiLoss(3, 8, 8, global_level="track")
+
+
+def test_cosine_classifier_is_scale_free_and_applies_its_margin() -> None:
+    torch.manual_seed(0)
+    feats = _clustered(0.05)
+    owner = torch.arange(len(LABELS))
+    cos = MultiLoss(3, 8, 8, lac_weight=0, lat_weight=0, triplet_weight=0, label_smoothing=0.0,
+                    classifier="cosine", cosine_scale=10.0, cosine_margin=0.3)
+    a = cos(feats, feats, feats, owner, LABELS)["ce"]
+    # f_c enters only through its direction: scaling it changes nothing
+    b = cos(feats * 7.0, feats * 7.0, feats, owner, LABELS)["ce"]
+    assert torch.isclose(a, b, atol=1e-5)
+    logits = cos.class_logits(feats, LABELS)
+    plain = 10.0 * F.normalize(feats, dim=-1) @ F.normalize(cos.classifier.weight, dim=-1).t()
+    target = F.one_hot(LABELS, 3).bool()
+    assert torch.allclose(logits[target], plain[target] - 3.0, atol=1e-5)
+    assert torch.allclose(logits[~target], plain[~target], atol=1e-5)
+    with pytest.raises(ValueError, match="classifier"):
+        MultiLoss(3, 8, 8, classifier="arcface")
