@@ -8,16 +8,19 @@ settings (shipped model if present, else an untrained encoder, which it says lou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from streamcover.config import PROJECT_ROOT, Settings
 from streamcover.log import get_logger
 from streamcover.match.decision import Hit
+
+if TYPE_CHECKING:
+    from streamcover.catalog.search import Stage1Memo
 
 log = get_logger("streamcover.engine")
 
@@ -37,7 +40,9 @@ class FrontEndLike(Protocol):
 
 
 class SearcherLike(Protocol):
-    def search(self, query_vectors: np.ndarray, query_starts: np.ndarray) -> Sequence[Hit]: ...
+    def search(self, query_vectors: np.ndarray, query_starts: np.ndarray, *,
+               chunk_ids: Sequence[Hashable] | None = None,
+               memo: Stage1Memo | None = None) -> Sequence[Hit]: ...
 
 
 class EncoderLike(Protocol):
@@ -107,6 +112,10 @@ def build_engine(settings: Settings, encoder: Any | None = None, trained: bool =
     from streamcover.catalog.search import TwoStageSearcher
 
     if encoder is None:
+        if settings.monitor.torch_threads:
+            # One torch thread pool serves the front end and the encoder of this process.
+            enc = settings.encoder.model_copy(update={"threads": settings.monitor.torch_threads})
+            settings = settings.model_copy(update={"encoder": enc})
         encoder, trained = load_encoder(settings)
     frontend = make_frontend(settings.frontend)
     # watch=True: a new catalog snapshot is picked up without a restart (hot swap).

@@ -34,7 +34,9 @@ import numpy as np
 from consumers.engine import Engine
 from consumers.metrics import Metrics
 from streamcover.audio.chunking import normalize_chunks
+from streamcover.audio.frontend import FeatureStream, push_many
 from streamcover.audio.resample import StreamResampler
+from streamcover.catalog.search import Stage1Memo
 from streamcover.config import Settings
 from streamcover.events import (
     AudioFrame,
@@ -56,6 +58,7 @@ from streamcover.match.sequence import Sequencer, Slot
 log = get_logger("streamcover.monitor")
 
 MARK_PREFIX = "__mark__"
+LAST = 1 << 62  # job order after every record of a batch (evictions)
 
 
 def mark_key(topic: str, partition: int) -> str:
@@ -106,6 +109,9 @@ class _Job:
     chunk: np.ndarray | None
     closed_at: float
     finish_at: float | None = None
+    # Position in the batch of the record that completed it: jobs run in this order, as
+    # if every record had been transformed on arrival (features are computed per batch).
+    order: int = 0
 
 
 class StreamRuntime:
@@ -135,6 +141,9 @@ class StreamRuntime:
                                      settings.audio.window_seconds, settings.audio.hop_seconds)
         self.embeddings: dict[int, np.ndarray] = {}
         self.chunk_start: dict[int, float] = {}
+        # Stage-1 neighbours of this stream's chunks by window index (indices only grow), so
+        # each window searches the catalog graph for its new chunk only.
+        self.stage1_memo = Stage1Memo()
         self.next_window = 0
         self.finished = False
         self.low_water = first_offset
@@ -154,6 +163,11 @@ class StreamRuntime:
         self.fstream = self.engine.frontend.stream()
         bins = int(self.engine.frontend.n_bins)
         self.feats = tail if tail is not None else np.zeros((bins, 0), dtype=np.float32)
+        # Audio resampled but not yet turned into features (see ``feed``/``sync``): blocks
+        # with their window-close time, the ``frames_emitted`` count each one completes and
+        # the batch position of their record.
+        self.pending: list[tuple[np.ndarray, float, int, int]] = []
+        self.pending_samples = 0
         self.win_start = win_start if win_start is not None else frames_done
         self.epoch_first = epoch_first if epoch_first is not None else frames_done
         self.epoch_windows = epoch_windows
@@ -176,7 +190,14 @@ class StreamRuntime:
         return round(self.grid_origin + (self.frames_done - back) * self.hop_stream)
 
     # ---- audio in --------------------------------------------------------------------------
-    def feed(self, audio: np.ndarray, start_sample: int, closed_at: float, jobs: list[_Job]) -> None:
+    def feed(self, audio: np.ndarray, start_sample: int, closed_at: float, order: int = 0) -> None:
+        """Take a block of in-order audio: resample it now, compute its features later.
+
+        Features are computed by ``sync`` (this stream alone) or by the pipeline for all
+        streams at once at the end of a batch (``Pipeline._sync_features``); either way
+        each window gets the close time of the block that completed it, as if every block
+        had been transformed on arrival.
+        """
         if start_sample < self.skip_until:
             cut = self.skip_until - start_sample
             audio = audio[cut:]
@@ -185,7 +206,39 @@ class StreamRuntime:
         res = self.resampler.push(audio)
         if res.size == 0:
             return
-        new = np.asarray(self.fstream.push(res), dtype=np.float32)
+        self.pending_samples += int(res.size)
+        self.pending.append((res, closed_at, int(self.fstream.frames_after(self.pending_samples)), order))
+
+    def take_pending(self) -> np.ndarray | None:
+        """The pending audio as one block (None if there is none); it stays pending until
+        ``absorb`` is given its features."""
+        if not self.pending:
+            return None
+        if len(self.pending) == 1:
+            return self.pending[0][0]
+        return np.concatenate([b for b, _, _, _ in self.pending])
+
+    def absorb(self, new: np.ndarray, jobs: list[_Job]) -> None:
+        """Features [bins, n] of ``fstream.push(take_pending())``: split them back over the
+        pending blocks and cut the windows each block completed."""
+        pending, self.pending, self.pending_samples = self.pending, [], 0
+        base = int(self.fstream.frames_emitted) - new.shape[1]
+        pos = 0
+        for _block, closed_at, upto, order in pending:
+            end = max(pos, upto - base)
+            self._take(new[:, pos:end], closed_at, order, jobs)
+            pos = end
+        if pos != new.shape[1]:
+            raise RuntimeError(f"stream {self.stream_id}: {new.shape[1]} feature frames for "
+                               f"pending audio that completes {pos}")
+
+    def sync(self, jobs: list[_Job]) -> None:
+        """Compute this stream's pending features now (before a finish, gap or set list)."""
+        x = self.take_pending()
+        if x is not None:
+            self.absorb(np.asarray(self.fstream.push(x), dtype=np.float32), jobs)
+
+    def _take(self, new: np.ndarray, closed_at: float, order: int, jobs: list[_Job]) -> None:
         if self.discard and new.ndim == 2 and new.shape[1]:
             drop = min(self.discard, new.shape[1])
             new = new[:, drop:]
@@ -193,15 +246,16 @@ class StreamRuntime:
         if new.ndim == 2 and new.shape[1]:
             self.feats = np.concatenate([self.feats, new], axis=1) if self.feats.size else new
             self.frames_done += new.shape[1]
-        self._cut(closed_at, jobs)
+        self._cut(closed_at, order, jobs)
 
-    def _cut(self, closed_at: float, jobs: list[_Job]) -> None:
+    def _cut(self, closed_at: float, order: int, jobs: list[_Job]) -> None:
         buf0 = self.frames_done - self.feats.shape[1]  # grid frame of feats[:, 0]
         while self.frames_done >= self.win_start + self.win_f:
             lo = self.win_start - buf0
             chunk = normalize_chunks(self.feats[None, :, lo : lo + self.win_f].copy())[0]
             start = self.frame_time(self.win_start)
-            jobs.append(_Job(self, self.next_window, start, start + self.win_f / self.fps, chunk, closed_at))
+            jobs.append(_Job(self, self.next_window, start, start + self.win_f / self.fps, chunk, closed_at,
+                             order=order))
             self.next_window += 1
             self.epoch_windows += 1
             self.last_end = self.win_start + self.win_f
@@ -211,15 +265,17 @@ class StreamRuntime:
         if keep_from > 0:
             self.feats = self.feats[:, keep_from:]
 
-    def discontinuity(self, origin_sample: int) -> None:
+    def discontinuity(self, origin_sample: int, jobs: list[_Job]) -> None:
+        self.sync(jobs)  # the old epoch's audio ends where the gap starts
         self._new_epoch(origin_sample)
         self.skip_until = origin_sample
         self.discard = 0
 
-    def finish(self, closed_at: float, jobs: list[_Job]) -> None:
+    def finish(self, closed_at: float, jobs: list[_Job], order: int = LAST) -> None:
         """End of stream, with the chunking rules of ``streamcover.audio.chunking``: an
         end-aligned tail window if ≥ ``min_s`` is uncovered; a clip shorter than one window
         but ≥ ``min_s`` is one short chunk (so every such upload gets one window)."""
+        self.sync(jobs)
         epoch_frames = self.frames_done - self.epoch_first
         avail = self.feats.shape[1]
         chunk: np.ndarray | None = None
@@ -235,10 +291,10 @@ class StreamRuntime:
             chunk = normalize_chunks(chunk[None].copy())[0]
             start = self.frame_time(first)
             jobs.append(_Job(self, self.next_window, start, start + chunk.shape[1] / self.fps,
-                             chunk, closed_at))
+                             chunk, closed_at, order=order))
             self.next_window += 1
         end = max(self.frame_time(self.frames_done), self.seq.next_sample / self.sample_rate)
-        jobs.append(_Job(self, self.next_window, end, end, None, closed_at, finish_at=end))
+        jobs.append(_Job(self, self.next_window, end, end, None, closed_at, finish_at=end, order=order))
         self.finished = True
 
     # ---- checkpoint --------------------------------------------------------------------------
@@ -350,12 +406,14 @@ class Pipeline:
         jobs: list[_Job] = []
         touched: dict[str, StreamRuntime] = {}
         t0 = time.perf_counter()
-        for rec in records:
+        for order, rec in enumerate(records):
             self.consumed[rec.partition] = max(self.consumed.get(rec.partition, 0), rec.offset + 1)
             replay = rec.offset < self.marks.get(rec.partition, 0)
-            self._record(rec, replay, now, out, jobs, touched)
+            self._record(rec, replay, now, out, jobs, touched, order)
+        self._sync_features(jobs)
         self.metrics.feature_latency.observe(time.perf_counter() - t0)
         self._evict(now, jobs, touched)
+        jobs.sort(key=lambda j: j.order)  # stable: each stream's jobs keep their order
         self._run_jobs(jobs, out, now)
         # Checkpoint exactly the streams that decided something (a window or an end): their
         # state must move together with their events; the others keep their replay point.
@@ -407,7 +465,7 @@ class Pipeline:
         log.warning("dead_letter", reason=reason, detail=detail[:300], partition=rec.partition, offset=rec.offset)
 
     def _record(self, rec: InRecord, replay: bool, now: float, out: Output, jobs: list[_Job],
-                touched: dict[str, StreamRuntime]) -> None:
+                touched: dict[str, StreamRuntime], order: int = 0) -> None:
         s = self.settings
         self.metrics.frames_in.inc()
         if len(rec.value) > s.audio.max_frame_bytes + 4096:
@@ -428,6 +486,7 @@ class Pipeline:
             if rt is None:
                 self._dead(out, rec, "unknown_stream", f"no open stream {record.stream_id!r} here", replay)
                 return
+            rt.sync(jobs)  # windows completed before the request count, as on arrival
             d = rt.matcher.setlist(rt.next_window, tag=f"request:{record.request_id}")
             out.events.append(self._event(d, now, None))
             return
@@ -473,19 +532,38 @@ class Pipeline:
             assert a.slot is not None
             if a.kind == "silence":
                 rt.feed(np.zeros(a.samples, dtype=np.float32), a.slot.start_sample - a.samples,
-                        a.slot.item.closed_at, jobs)
+                        a.slot.item.closed_at, order)
                 self.metrics.frames_converted.labels("gap_silence").inc()
                 continue
             if a.kind == "discontinuity":
                 self.metrics.frames_dropped.labels("gap_restart").inc()
-                rt.discontinuity(a.slot.start_sample)
+                rt.discontinuity(a.slot.start_sample, jobs)
                 continue
             item = a.slot.item
             rt.recent.append((item.offset, a.slot.seq, a.slot.start_sample, a.slot.num_samples))
-            rt.feed(item.samples, a.slot.start_sample, item.closed_at, jobs)
+            rt.feed(item.samples, a.slot.start_sample, item.closed_at, order)
             touched[rt.stream_id] = rt
             if item.eos and not rt.finished:
-                rt.finish(item.closed_at, jobs)
+                rt.finish(item.closed_at, jobs, order)
+
+    def _sync_features(self, jobs: list[_Job]) -> None:
+        """Features of every stream with pending audio in one batched front-end call
+        (``push_many``: one FFT/peak-picking pass over the frames of all streams)."""
+        due: list[StreamRuntime] = []
+        blocks: list[np.ndarray] = []
+        for rt in self.streams.values():
+            block = rt.take_pending()
+            if block is not None:
+                due.append(rt)
+                blocks.append(block)
+        if not due:
+            return
+        if all(isinstance(rt.fstream, FeatureStream) for rt in due):
+            new = push_many([rt.fstream for rt in due], blocks)
+        else:  # a front end without the batched path
+            new = [rt.fstream.push(b) for rt, b in zip(due, blocks, strict=True)]
+        for rt, feats in zip(due, new, strict=True):
+            rt.absorb(np.asarray(feats, dtype=np.float32), jobs)
 
     def _restore(self, sid: str) -> StreamRuntime | None:
         partition, st = self.restored.pop(sid)
@@ -578,7 +656,7 @@ class Pipeline:
             qv = np.stack([rt.embeddings[k] for k in q])
             qs = np.array([rt.chunk_start[k] for k in q], dtype=np.float64)
             t0 = time.perf_counter()
-            hits = self.engine.searcher.search(qv, qs)
+            hits = self.engine.searcher.search(qv, qs, chunk_ids=list(q), memo=rt.stage1_memo)
             self.metrics.search_latency.observe(time.perf_counter() - t0)
             for d in rt.matcher.on_window(j.index, j.start, j.end, hits):
                 out.events.append(self._event(d, now, j.closed_at))

@@ -177,6 +177,11 @@ class MonitorSettings(BaseModel):
     max_gap_frames: int = Field(20, ge=0)
     # Frames that may arrive early and wait for a missing predecessor.
     reorder_frames: int = Field(4, ge=0)
+    # Torch intra-op threads of the monitor process (front end and encoder; it overrides
+    # encoder.threads there; 0: keep encoder.threads). The monitor's ops are small and the
+    # event loop needs a core too: on a shared 2-core machine two contending threads ran a
+    # 200-window encoder batch in 18.6 s against 0.62 s with one (docs/monitor.md).
+    torch_threads: int = Field(1, ge=0)
     # Transactional id of this monitor instance (unique per running instance; stable across restarts).
     instance_id: str = "0"
     # Upper bound for the seconds a poll may block, so batching and eviction stay responsive.

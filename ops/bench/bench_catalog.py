@@ -78,6 +78,76 @@ def make_catalog(path: Path, n_chunks: int, spec: SyntheticSpec, batch_refs: int
     return info
 
 
+def make_real_catalog(path: Path, shs: Path, checkpoint: Path, n_queries: int,
+                      seed: int = 7) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """A catalog of *real* embeddings: every SHS100K-TEST recording but ``n_queries`` held
+    out, embedded by ``checkpoint``; queries are a random 60 s clip (5 chunks) of each
+    held-out recording, whose work has other versions in the catalog (real covers).
+    Cached under ``path``."""
+    qfile = path / "bench-queries.npy"
+    if (path / "bench-store.json").exists() and qfile.exists():
+        return dict(json.loads((path / "bench-store.json").read_text())), list(np.load(qfile))
+    from rich.progress import track
+
+    from streamcover.eval.embedders import EncoderEmbedder
+    from streamcover.model.checkpoint import load_checkpoint
+    from streamcover.train.shs import load_shs
+
+    ck = load_checkpoint(checkpoint)
+    tracks = load_shs(shs).tracks
+    emb = EncoderEmbedder(ck.model, tracks.frames_per_second)
+    rng = np.random.default_rng(seed)
+    # Held-out queries come from works with at least 3 versions, so >= 2 stay catalogued.
+    counts = np.bincount(tracks.works)
+    eligible = np.flatnonzero(counts[tracks.works] >= 3)
+    held = set(rng.choice(eligible, size=n_queries, replace=False).tolist())
+    clip = round(60.0 * tracks.frames_per_second)
+    queries = []
+    for i in sorted(held):
+        f = tracks.feature(i)
+        start = int(rng.integers(0, max(1, f.shape[1] - clip + 1)))
+        queries.append(emb([f[:, start : start + clip]])[0])
+    queries = [q for q in queries if q.shape[0] == 5]
+    t0 = time.perf_counter()
+    emb_s = 0.0
+    with Catalog.open(path, "a", model_id=ck.model_id, dim=ck.model.cfg.embed_dim) as cat:
+        batch: list[ReferenceInput] = []
+        for i in track(range(len(tracks)), description="embedding SHS recordings"):
+            if i in held:
+                continue
+            te = time.perf_counter()
+            f = tracks.feature(i)
+            vecs = emb([f])[0]
+            _, starts = emb.chunker(f, tracks.frames_per_second, 20.0, 10.0, 6.0)
+            emb_s += time.perf_counter() - te
+            if not len(vecs):
+                continue
+            batch.append(ReferenceInput(tracks.track_ids[i], vecs, np.asarray(starts),
+                                        title=tracks.track_ids[i],
+                                        extra={"work": int(tracks.works[i])}))
+            if len(batch) == 500:
+                cat.add_references(batch, ck.model_id)
+                batch = []
+        if batch:
+            cat.add_references(batch, ck.model_id)
+        stats = cat.stats()
+    info = {
+        "data": f"real: {shs.name} embedded by {ck.model_id}",
+        "works": len(np.unique(tracks.works)),
+        "chunks": stats["chunks"],
+        "references": stats["references"],
+        "store_seconds_total": round(time.perf_counter() - t0, 2),
+        "store_seconds_excl_generation": round(time.perf_counter() - t0 - emb_s, 2),
+        "segment_bytes": stats["segment_bytes"],
+        "sqlite_bytes": sum(
+            f.stat().st_size for f in path.iterdir() if f.name.startswith("catalog.sqlite")
+        ),
+    }
+    np.save(qfile, np.stack(queries))
+    (path / "bench-store.json").write_text(json.dumps(info))
+    return info, queries
+
+
 def get_snapshot(path: Path, params: IndexParams, build_threads: int) -> tuple[Path, float]:
     """Build the snapshot for ``params`` once; return (dir, build seconds)."""
     import faiss
@@ -148,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=default_cache_dir() / "bench")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--build-only", action="store_true", help="build catalogs and snapshots, no queries")
+    ap.add_argument("--real", type=Path, default=None, metavar="SHS_NPZ",
+                    help="real embeddings instead of synthetic ones: SHS100K-TEST HPCP embedded by "
+                         "--checkpoint (--sizes is then ignored: the catalog is the whole set)")
+    ap.add_argument("--checkpoint", type=Path, default=Path("models/streamcover-hpcp-compact.pt"))
     args = ap.parse_args(argv)
 
     import faiss
@@ -155,15 +229,23 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = SyntheticSpec()
     results = []
-    for size in [int(s) for s in args.sizes.split(",")]:
-        cpath = args.cache / f"catalog-{size}"
+    sizes = [0] if args.real else [int(s) for s in args.sizes.split(",")]
+    for size in sizes:
         t = time.perf_counter()
-        store = make_catalog(cpath, size, spec, batch_refs=1000)
-        print(f"# catalog {size}: {store} ({time.perf_counter() - t:.1f}s)", file=sys.stderr)
-        corpus = SyntheticCorpus(spec)
-        rng = np.random.default_rng(7)
-        works = rng.integers(0, store["works"], size=max(args.queries, args.recall_queries))
-        queries = [corpus.query(int(w), 5, seed=i)[0] for i, w in enumerate(works)]
+        if args.real:
+            cpath = args.cache / f"catalog-real-{args.checkpoint.stem}"
+            store, queries = make_real_catalog(cpath, args.real, args.checkpoint,
+                                               max(args.queries, args.recall_queries))
+            args.queries = min(args.queries, len(queries))
+            args.recall_queries = min(args.recall_queries, len(queries))
+        else:
+            cpath = args.cache / f"catalog-{size}"
+            store = make_catalog(cpath, size, spec, batch_refs=1000)
+            corpus = SyntheticCorpus(spec)
+            rng = np.random.default_rng(7)
+            works = rng.integers(0, store["works"], size=max(args.queries, args.recall_queries))
+            queries = [corpus.query(int(w), 5, seed=i)[0] for i, w in enumerate(works)]
+        print(f"# catalog {cpath.name}: {store} ({time.perf_counter() - t:.1f}s)", file=sys.stderr)
         starts = np.arange(5) * spec.hop_s
         ex_top: list[list[int]] | None = None
         for kind in args.kinds.split(","):
@@ -214,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                     r10.append(len(set(top) & set(ex)) / len(ex))
                 recall[f"K={k}"] = {"recall@1": float(np.mean(r1)), "recall@10": float(np.mean(r10))}
             row = {
+                "data": store.get("data", "synthetic"),
                 "chunks": n,
                 "references": store["references"],
                 "kind": kind,

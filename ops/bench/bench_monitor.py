@@ -7,7 +7,9 @@ real time (0.5 s frames) for each N of ``--streams``. Every window of every stre
 update event (update thresholds set to 0), so the latency from window close (the producer's
 send time of the frame that completes the window) to the event being visible to a
 read_committed consumer is measured for every window. A level is "sustained" when the
-p99 latency stays ≤ ``--p99-target`` and the consumer lag does not grow.
+p99 latency stays ≤ ``--p99-target`` and the consumer lag does not grow. Each level also
+prints the 1-minute load average at its end (``load1``: the machine is shared). The monitor runs
+with the service's default torch threads (``monitor.torch_threads`` = 1) unless ``--threads``.
 
 Calibration (``--calibrate``): MaxMean scores of covers (transposed, faster, other timbre)
 and of unrelated works against the catalog, per 20 s window query of 1..6 chunks, and the
@@ -105,6 +107,8 @@ async def _level(settings: Settings, n: int, seconds: float, waves: list[np.ndar
         "p50_s": round(_pct(latencies, 0.5), 3), "p99_s": round(_pct(latencies, 0.99), 3),
         "max_s": round(max(latencies), 3) if latencies else None,
         "producer_behind_p99_s": round(_pct(behind, 0.99), 3),
+        # the machine is shared: the 1-minute load average at the end of the level
+        "load1": round(os.getloadavg()[0], 2),
     }
 
 
@@ -147,7 +151,9 @@ def bench(args: argparse.Namespace) -> None:
         waves = _live_waves(scores[:6], rate)
         env = {**os.environ, "STREAMCOVER_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
                "STREAMCOVER_CATALOG__PATH": str(settings.catalog.path), "STREAMCOVER_LOG_LEVEL": "info",
-               "STREAMCOVER_MONITOR__METRICS_PORT": "0", "STREAMCOVER_ENCODER__THREADS": str(args.threads)}
+               "STREAMCOVER_MONITOR__METRICS_PORT": "0"}
+        if args.threads is not None:
+            env["STREAMCOVER_MONITOR__TORCH_THREADS"] = str(args.threads)
         for key in ("audio_topic", "match_topic", "dead_letter_topic", "state_topic", "group_id",
                     "transactional_id_prefix", "audio_partitions"):
             env[f"STREAMCOVER_KAFKA__{key.upper()}"] = str(getattr(kafka, key))
@@ -246,7 +252,9 @@ def main() -> None:
     p.add_argument("--streams", default="10,20,40,80,200", help="stream counts to try, in order")
     p.add_argument("--seconds", type=float, default=60.0, help="seconds per level")
     p.add_argument("--works", type=int, default=12, help="catalogued works")
-    p.add_argument("--threads", type=int, default=0, help="monitor torch threads (0: physical cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="the monitor's torch threads (monitor.torch_threads; default: the service's "
+                        "default, 1; 0: encoder.threads)")
     p.add_argument("--warmup", type=float, default=25.0, help="seconds for the monitor to start")
     p.add_argument("--p99-target", type=float, default=1.0)
     p.add_argument("--keep-going", action="store_true", help="try every level even after a failure")

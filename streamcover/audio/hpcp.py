@@ -26,7 +26,9 @@ Essentia is the test-only oracle for this module; nothing here imports or derive
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -37,6 +39,7 @@ __all__ = [
     "HPCPParams",
     "blackman_harris_92",
     "hpcp_frames",
+    "hpcp_frames_many",
     "hpcp_pooled",
     "pool_hpcp",
 ]
@@ -232,7 +235,12 @@ def _unit_max(x: torch.Tensor) -> torch.Tensor:
 def hpcp_from_frames(frames: torch.Tensor, p: HPCPParams = DEFAULT_PARAMS) -> torch.Tensor:
     """Per-frame unit-max HPCP [..., size] of already cut frames [..., frame_size]."""
     win = _window(p.frame_size, str(frames.device))
-    spec = torch.fft.rfft(frames * win, dim=-1)
+    return _hpcp_from_windowed(frames * win, p)
+
+
+def _hpcp_from_windowed(windowed: torch.Tensor, p: HPCPParams) -> torch.Tensor:
+    """``hpcp_from_frames`` of frames already multiplied by the window (rows are independent)."""
+    spec = torch.fft.rfft(windowed, dim=-1)
     _, hi = _peak_range(p)
     # Peaks only need bins up to hi+1: take the magnitude of those alone.
     mag = spec[..., : hi + 2].abs()
@@ -275,6 +283,54 @@ def hpcp_frames(
         frames = seg.unfold(-1, p.frame_size, p.hop_size)  # [B, f, frame_size], a view
         out[:, start:stop] = hpcp_from_frames(frames, p)
     return out[0] if squeeze else out
+
+
+def hpcp_frames_many(
+    segments: Sequence[np.ndarray], p: HPCPParams = DEFAULT_PARAMS, *, block_frames: int = 512
+) -> list[np.ndarray]:
+    """Frame-level HPCP of many uncentred signals at once -> one [F_i, size] array per signal.
+
+    The streaming monitor's path: every stream with new audio contributes a segment (frame
+    context, as ``hpcp_frames(..., center=False)`` takes it), and the frames of all of them
+    go through one transform, so the per-call cost of the small tensor ops is paid once
+    per ``block_frames`` frames instead of once per stream. Each segment's frames are cut
+    and windowed straight into a shared block buffer (one copy). Blocks of ~512 frames
+    (8 MB) measured fastest: 2,048-frame blocks allocate 32 MB spectra per call and run
+    the FFT at half the speed (page faults), 64-frame blocks pay the op overhead again.
+    Frames are independent
+    rows, so the result equals ``hpcp_frames`` of each segment on its own (up to float32
+    round-off of the batched FFT).
+    """
+    win = _window(p.frame_size, "cpu").numpy()
+    counts = [0 if len(s) < p.frame_size else (len(s) - p.frame_size) // p.hop_size + 1 for s in segments]
+    total = sum(counts)
+    out = np.empty((total, p.size), dtype=np.float32)
+    if total:
+        buf = np.empty((min(total, max(1, block_frames)), p.frame_size), dtype=np.float32)
+        done = fill = 0
+        for seg, n in zip(segments, counts, strict=True):
+            if not n:
+                continue
+            x = np.asarray(seg, dtype=np.float32)
+            if x.ndim != 1:
+                raise ValueError(f"expected 1-D segments, got shape {x.shape}")
+            frames = np.lib.stride_tricks.sliding_window_view(x, p.frame_size)[:: p.hop_size]
+            i = 0
+            while i < n:
+                take = min(n - i, len(buf) - fill)
+                np.multiply(frames[i : i + take], win, out=buf[fill : fill + take])
+                fill += take
+                i += take
+                if fill == len(buf):
+                    with torch.inference_mode():
+                        out[done : done + fill] = _hpcp_from_windowed(torch.from_numpy(buf), p).numpy()
+                    done += fill
+                    fill = 0
+        if fill:
+            with torch.inference_mode():
+                out[done : done + fill] = _hpcp_from_windowed(torch.from_numpy(buf[:fill]), p).numpy()
+    bounds = np.cumsum([0, *counts])
+    return [out[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def pool_hpcp(frames: torch.Tensor, pool: int = DEFAULT_PARAMS.pool) -> torch.Tensor:

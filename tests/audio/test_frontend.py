@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamcover.audio.frontend import CQTFrontEnd, FrontEnd, HPCPFrontEnd, make_frontend
+from streamcover.audio.frontend import CQTFrontEnd, FrontEnd, HPCPFrontEnd, make_frontend, push_many
 from streamcover.config import FrontEndSettings
 
 
@@ -94,6 +94,53 @@ def test_stream_equals_offline(frontend: FrontEnd, music_excerpt: Any, seed: int
     assert got.shape == offline.shape
     scale = float(np.abs(offline).max())
     np.testing.assert_allclose(got, offline, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_push_many_equals_per_stream_pushes(frontend: FrontEnd, music_excerpt: Any) -> None:
+    """The monitor's batched path: many streams pushed together, in uneven blocks (some
+    empty, some with no frame due), give each stream's own ``push`` results, and
+    ``frames_after`` predicts every stream's frame count before the push."""
+    sr = frontend.sample_rate
+    rng = np.random.default_rng(7)
+    n = 6
+    waves = [music_excerpt(i % 3, sr)[(i * sr) // 3 :] for i in range(n)]
+    alone = [frontend.stream() for _ in range(n)]
+    together = [frontend.stream() for _ in range(n)]
+    pos = [0] * n
+    got_alone: list[list[np.ndarray]] = [[] for _ in range(n)]
+    got_together: list[list[np.ndarray]] = [[] for _ in range(n)]
+    for _ in range(12):
+        sizes = [int(rng.choice([0, 1, 300, sr // 2, int(rng.integers(1, 2 * sr))])) for _ in range(n)]
+        blocks = [waves[i][pos[i] : pos[i] + sizes[i]] for i in range(n)]
+        expect = [s.frames_after(len(b)) for s, b in zip(together, blocks, strict=True)]
+        for i in range(n):
+            got_alone[i].append(alone[i].push(blocks[i]))
+            pos[i] += sizes[i]
+        outs = push_many(together, blocks)
+        assert [s.frames_emitted for s in together] == expect == [s.frames_emitted for s in alone]
+        for i, o in enumerate(outs):
+            assert o.shape[0] == frontend.n_bins
+            got_together[i].append(o)
+    assert sum(s.frames_emitted for s in together) > 3 * n
+    for a, t in zip(got_alone, got_together, strict=True):
+        np.testing.assert_allclose(np.concatenate(t, axis=1), np.concatenate(a, axis=1), rtol=1e-5, atol=1e-6)
+    assert push_many([], []) == []
+
+
+def test_push_many_bad_input(frontend: FrontEnd) -> None:
+    s = frontend.stream()
+    with pytest.raises(ValueError, match="appears twice"):
+        push_many([s, s], [np.zeros(10, np.float32)] * 2)
+    with pytest.raises(ValueError, match="blocks"):
+        push_many([s], [])
+    other = make_frontend(FrontEndSettings(name="cqt" if frontend.name == "hpcp" else "hpcp")).stream()
+    with pytest.raises(ValueError, match="one front end"):
+        push_many([s, other], [np.zeros(10, np.float32)] * 2)
+    # A bad block leaves every stream untouched.
+    t = frontend.stream()
+    with pytest.raises(ValueError, match="mono"):
+        push_many([s, t], [np.zeros(10, np.float32), np.zeros((2, 10), np.float32)])
+    assert s.samples_seen == t.samples_seen == 0
 
 
 def test_six_second_clip_gives_one_chunk(frontend: FrontEnd) -> None:

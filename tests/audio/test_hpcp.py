@@ -13,6 +13,7 @@ from streamcover.audio.hpcp import (
     DEFAULT_PARAMS,
     blackman_harris_92,
     hpcp_frames,
+    hpcp_frames_many,
     hpcp_pooled,
     pool_hpcp,
 )
@@ -75,6 +76,27 @@ def test_batch_equals_single(music_excerpt: Any) -> None:
     batch = hpcp_frames(torch.from_numpy(np.stack([a, b])))
     torch.testing.assert_close(batch[0], hpcp_frames(a), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(batch[1], hpcp_frames(b), atol=1e-6, rtol=1e-5)
+
+
+def test_many_segments_equal_each_alone(music_excerpt: Any) -> None:
+    """The monitor's batched path: frames of many segments (uneven lengths, some too short
+    for a frame, blocks splitting segments) in shared blocks == each segment on its own."""
+    rng = np.random.default_rng(3)
+    segs = []
+    lengths = [0, 100, 4095, 4096, 5000, 4096 + 1024 * 30 + 5, 4096 + 1024 * 59, 4096 + 1024 * 7 + 1023,
+               4096 + 1024 * 100]
+    for i, n in enumerate(lengths):
+        x = music_excerpt(i % 3, SR)
+        a = int(rng.integers(0, len(x) - n))
+        segs.append(x[a : a + n])
+    alone = [hpcp_frames(s, center=False).numpy() for s in segs]
+    for block in (7, 64, 512):
+        many = hpcp_frames_many(segs, block_frames=block)
+        assert [m.shape for m in many] == [a.shape for a in alone]
+        for m, a in zip(many, alone, strict=True):
+            np.testing.assert_allclose(m, a, rtol=1e-5, atol=1e-6)
+    assert sum(len(a) for a in alone) > 100
+    assert hpcp_frames_many([]) == []
 
 
 def _essentia_hpcp(x: np.ndarray, recipe: bool) -> np.ndarray:

@@ -63,6 +63,38 @@ def test_restore_from_checkpoint_reproduces_uninterrupted_run(world: World, engi
         assert a.score == pytest.approx(b.score, abs=1e-5)
 
 
+def test_batched_features_decide_as_record_by_record(world: World, engine: Any) -> None:
+    """A batch's features are computed for all streams in one front-end call at its end.
+    That must decide exactly what transforming each record on arrival decides, in the same
+    order, and give each window the send time of the frame that completed it (latency)."""
+    import time
+
+    streams = {
+        "up": (world.copy_of("work-1", 41.3), "upload"),
+        "live": (np.concatenate([world.copy_of("work-0", 51.08), world.copy_of("work-2", 30.0)]), "live"),
+        "short": (world.copy_of("work-2", 23.7), "upload"),
+    }
+    t0 = time.time() - 3600.0
+    recs = []
+    for r in _records(world, streams):
+        f = decode_any(r.value)
+        assert isinstance(f, AudioFrame)
+        sent = t0 + f.seq * 0.5 + 0.01 * sorted(streams).index(f.stream_id)
+        recs.append(InRecord(r.topic, r.partition, r.offset, r.key, encode(f.model_copy(update={"sent_at": sent})), 0))
+    one = Pipeline(world.settings, engine)
+    alone = [e for r in recs for e in one.process([r]).events]
+    many = Pipeline(world.settings, engine)
+    batched = [e for b in range(0, len(recs), 57) for e in many.process(recs[b : b + 57]).events]
+    assert len(alone) >= 10 and {e.kind for e in alone} >= {"match", "final"}
+    assert [_key(e) for e in batched] == [_key(e) for e in alone]
+    for a, b in zip(batched, alone, strict=True):
+        assert a.score == pytest.approx(b.score, abs=1e-6)
+        closed_a, closed_b = a.emitted_at - a.latency_ms / 1000, b.emitted_at - b.latency_ms / 1000
+        assert closed_a == pytest.approx(closed_b, abs=1e-3)
+        if b.kind in ("match", "update"):
+            assert closed_b > t0 + 19.0  # a frame's send time, not the processing time
+
+
 def test_checkpoint_is_small_and_valid(world: World, engine: Any) -> None:
     recs = _records(world, {"live": (world.copy_of("work-0", 60.0), "live")})
     out = Pipeline(world.settings, engine).process(recs[:-1])  # no eos yet
