@@ -405,3 +405,40 @@ def sys_executable() -> str:
     import sys
 
     return sys.executable
+
+
+async def test_setlist_command_asks_a_running_monitor(world: World, kafka_broker: Any) -> None:
+    """`streamcover setlist ID` (its own process) gets the open live stream's set list."""
+    import os
+    import sys
+
+    from consumers.producer import FramePublisher, kafka_producer
+
+    settings = fresh_settings(world, kafka_broker, "setcli")
+    wave = live_set(world, order=(2, 0), hops=4)
+    async with running_monitor(settings) as mon:
+        async with kafka_producer(settings) as producer:
+            pub = FramePublisher(producer, settings, "live-open", "live", settings.audio.wire_sample_rate)
+            for i in range(0, len(wave), pub.frame_samples):
+                await pub.push(wave[i : i + pub.frame_samples])
+            # no close(): the stream stays open, as a live stream does
+        seen = await read_topic(settings, settings.kafka.match_topic,
+                                lambda ev: any(e.kind == "setlist_segment" for e in ev), 120)
+        assert any(e.reference_id == "work-2" for e in seen)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "streamcover", "setlist", "live-open", "--timeout", "60",
+            env={**os.environ, **world.env(settings)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        rows = [line for line in out.decode().splitlines() if "Test Work" in line]
+        assert len(rows) == 2 and "Test Work 2" in rows[0] and "Test Work 0" in rows[1], out.decode()
+        assert "0:00.0" in rows[0]
+        assert mon.pipeline.streams["live-open"].finished is False
+        # An unknown stream gets a clear "no answer" and exit code 1, not a hang.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "streamcover", "setlist", "no-such-stream", "--timeout", "5",
+            env={**os.environ, **world.env(settings)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 1 and "no answer" in err.decode()
