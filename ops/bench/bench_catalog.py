@@ -154,7 +154,10 @@ def get_snapshot(path: Path, params: IndexParams, build_threads: int) -> tuple[P
 
     state_file = path / "bench-snapshots.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    key = json.dumps(params.__dict__, sort_keys=True)
+    # Keyed by what shapes the graph: efSearch is a query-time knob (Snapshot.load sets it).
+    state = {json.dumps(list(IndexParams(**json.loads(k)).build_key())): v for k, v in state.items()
+             if k.startswith("{")} | {k: v for k, v in state.items() if not k.startswith("{")}
+    key = json.dumps(list(params.build_key()))
     if key in state and (snapshot_root(path) / state[key]).is_dir():
         snap = snapshot_root(path) / state[key]
     else:
