@@ -39,6 +39,21 @@ from streamcover.config import default_cache_dir
 MODEL_ID = "synthetic-bench-v1"
 
 
+def store_summary(path: Path, stats: dict[str, Any], t0: float, producing_s: float) -> dict[str, Any]:
+    """Size and write time of a benchmark catalog; ``producing_s`` (making the vectors) is
+    excluded from the store's own write time."""
+    return {
+        "chunks": stats["chunks"],
+        "references": stats["references"],
+        "store_seconds_total": round(time.perf_counter() - t0, 2),
+        "store_seconds_excl_generation": round(time.perf_counter() - t0 - producing_s, 2),
+        "segment_bytes": stats["segment_bytes"],
+        "sqlite_bytes": sum(
+            f.stat().st_size for f in path.iterdir() if f.name.startswith("catalog.sqlite")
+        ),
+    }
+
+
 def make_catalog(path: Path, n_chunks: int, spec: SyntheticSpec, batch_refs: int) -> dict[str, Any]:
     """Create (or reuse) a catalog of about ``n_chunks`` synthetic chunks."""
     if (path / "bench-store.json").exists():
@@ -63,17 +78,7 @@ def make_catalog(path: Path, n_chunks: int, spec: SyntheticSpec, batch_refs: int
             gen_s += time.perf_counter() - tg
             cat.add_references(batch, MODEL_ID)
         stats = cat.stats()
-    info = {
-        "works": work,
-        "chunks": stats["chunks"],
-        "references": stats["references"],
-        "store_seconds_total": round(time.perf_counter() - t0, 2),
-        "store_seconds_excl_generation": round(time.perf_counter() - t0 - gen_s, 2),
-        "segment_bytes": stats["segment_bytes"],
-        "sqlite_bytes": sum(
-            f.stat().st_size for f in path.iterdir() if f.name.startswith("catalog.sqlite")
-        ),
-    }
+    info = {"works": work, **store_summary(path, stats, t0, gen_s)}
     (path / "bench-store.json").write_text(json.dumps(info))
     return info
 
@@ -131,18 +136,8 @@ def make_real_catalog(path: Path, shs: Path, checkpoint: Path, n_queries: int,
         if batch:
             cat.add_references(batch, ck.model_id)
         stats = cat.stats()
-    info = {
-        "data": f"real: {shs.name} embedded by {ck.model_id}",
-        "works": len(np.unique(tracks.works)),
-        "chunks": stats["chunks"],
-        "references": stats["references"],
-        "store_seconds_total": round(time.perf_counter() - t0, 2),
-        "store_seconds_excl_generation": round(time.perf_counter() - t0 - emb_s, 2),
-        "segment_bytes": stats["segment_bytes"],
-        "sqlite_bytes": sum(
-            f.stat().st_size for f in path.iterdir() if f.name.startswith("catalog.sqlite")
-        ),
-    }
+    info = {"data": f"real: {shs.name} embedded by {ck.model_id}",
+            "works": len(np.unique(tracks.works)), **store_summary(path, stats, t0, emb_s)}
     np.save(qfile, np.stack(queries))
     (path / "bench-store.json").write_text(json.dumps(info))
     return info, queries
