@@ -171,15 +171,6 @@ class TwoStageSearcher:
         """Chunk neighbours fetched per query chunk to find ``top_k`` distinct references."""
         return max(self.top_k, round(self.top_k * self.fetch_factor))
 
-    def _distinct(self, keys: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One query chunk's neighbour row -> its ``top_k`` nearest distinct references."""
-        ok = keys >= 0
-        keys, sims = keys[ok], sims[ok]
-        # Rows are sorted best first, so a key's first index is its best neighbour.
-        _, first = np.unique(keys, return_index=True)
-        pick = np.sort(first)[: self.top_k]
-        return keys[pick], sims[pick]
-
     def candidates(self, view: SearchView, q: np.ndarray, chunk_ids: Sequence[Hashable] | None = None,
                    memo: Stage1Memo | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Candidate reference keys (best first) and their best stage-1 similarity.
@@ -204,7 +195,8 @@ class TwoStageSearcher:
         if todo:
             s1 = view.stage1(q[todo], self.fetch, self.refine)
             for i, keys, sims in zip(todo, s1.ref_keys, s1.sims, strict=True):
-                row = self._distinct(keys, sims)
+                ok = keys >= 0
+                row = _first_distinct(keys[ok], sims[ok], self.top_k)
                 rows[i] = row
                 if memo is not None and chunk_ids is not None:
                     memo.put(chunk_ids[i], row)
@@ -214,10 +206,7 @@ class TwoStageSearcher:
         keys = np.concatenate([r[0] for r in found])
         sims = np.concatenate([r[1] for r in found])
         order = np.argsort(-sims, kind="stable")
-        keys, sims = keys[order], sims[order]
-        uniq, first = np.unique(keys, return_index=True)
-        sel = np.argsort(first, kind="stable")[: self.max_candidates]
-        return uniq[sel], sims[first[sel]]
+        return _first_distinct(keys[order], sims[order], self.max_candidates)
 
     # ------------------------------------------------------------------ stage 2
 
@@ -359,3 +348,9 @@ class TwoStageSearcher:
         keys, _ = self.candidates(view, q)
         return keys, self.rerank(view, q, keys)
 
+
+def _first_distinct(keys: np.ndarray, sims: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``limit`` distinct keys of a best-first list, with their (best) similarity."""
+    _, first = np.unique(keys, return_index=True)
+    pick = np.sort(first)[:limit]
+    return keys[pick], sims[pick]
