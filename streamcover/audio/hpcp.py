@@ -297,8 +297,8 @@ def hpcp_frames_many(
     and windowed straight into a shared block buffer (one copy). Blocks of ~512 frames
     (8 MB) measured fastest: 2,048-frame blocks allocate 32 MB spectra per call and run
     the FFT at half the speed (page faults), 64-frame blocks pay the op overhead again.
-    Frames are independent rows, so the result equals ``hpcp_frames`` of each segment on its own (up to float32
-    round-off of the batched FFT).
+    Frames are independent rows, so the result equals ``hpcp_frames`` of each segment on
+    its own (up to float32 round-off of the batched FFT).
     """
     win = _window(p.frame_size, "cpu").numpy()
     counts = [0 if len(s) < p.frame_size else (len(s) - p.frame_size) // p.hop_size + 1 for s in segments]
