@@ -249,7 +249,7 @@ async def _process_in_transaction(
     return [r.offset for r in records]
 
 
-async def _committed(settings: KafkaSettings, tp: TopicPartition) -> int | None:
+async def _committed_once(settings: KafkaSettings, tp: TopicPartition) -> int | None:
     admin = AIOKafkaAdminClient(**admin_kwargs(settings))
     await admin.start()
     try:
@@ -258,6 +258,19 @@ async def _committed(settings: KafkaSettings, tp: TopicPartition) -> int | None:
         await admin.close()
     meta = offsets.get(tp)
     return None if meta is None or meta.offset < 0 else int(meta.offset)
+
+
+async def _committed(settings: KafkaSettings, tp: TopicPartition, expect: int | None = None,
+                     timeout: float = 10.0) -> int | None:
+    """The group's committed offset. With ``expect``: polled until it is that or ``timeout``
+    passes, because EndTxn returns before the coordinator has written the commit markers
+    that make transactional offsets visible to an offset fetch."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        got = await _committed_once(settings, tp)
+        if expect is None or got == expect or asyncio.get_running_loop().time() > deadline:
+            return got
+        await asyncio.sleep(0.1)
 
 
 async def test_consume_transform_produce_commits_input_offsets_atomically(
@@ -287,7 +300,7 @@ async def test_consume_transform_produce_commits_input_offsets_atomically(
             await consumer.seek_to_beginning(tp)
             done = await _process_in_transaction(consumer, producer, s, tp, 6, commit=True)
             assert done == list(range(6))
-            assert await _committed(s, tp) == 6
+            assert await _committed(s, tp, expect=6) == 6
             # The next four are processed, then the transaction aborts ("crash" before commit):
             # neither their outputs nor their input offsets may become visible.
             await _process_in_transaction(consumer, producer, s, tp, 4, commit=False)
@@ -304,7 +317,7 @@ async def test_consume_transform_produce_commits_input_offsets_atomically(
             assert position == 6
             done = await _process_in_transaction(consumer, producer, s, tp, 4, commit=True)
             assert done == [6, 7, 8, 9]
-            assert await _committed(s, tp) == 10
+            assert await _committed(s, tp, expect=10) == 10
         finally:
             await consumer.stop()
     finally:
