@@ -9,6 +9,10 @@ cached under ``~/.cache/streamcover/bench/`` and reused across runs.
     nice -n 10 .venv/bin/python ops/bench/bench_catalog.py --sizes 10000,100000 \
         --kinds hnsw,hnsw_sq8,hnsw_pq
 
+``--real SHS_NPZ`` uses real embeddings (SHS100K-TEST embedded by the shipped model) and
+real queries; ``--grow-to N`` adds distractors fitted to them up to N chunks (the
+realistic stand-in for catalogs larger than the real data).
+
 Prints one JSON object per (size, kind) and a summary table; ``--out`` saves them.
 """
 
@@ -33,7 +37,13 @@ from streamcover.catalog.index import (
 )
 from streamcover.catalog.search import TwoStageSearcher
 from streamcover.catalog.store import Catalog, ReferenceInput
-from streamcover.catalog.synthetic import SyntheticCorpus, SyntheticSpec
+from streamcover.catalog.synthetic import (
+    FittedCorpus,
+    SyntheticCorpus,
+    SyntheticSpec,
+    fit_reference_stats,
+    similarity_profile,
+)
 from streamcover.config import default_cache_dir
 
 MODEL_ID = "synthetic-bench-v1"
@@ -143,6 +153,61 @@ def make_real_catalog(path: Path, shs: Path, checkpoint: Path, n_queries: int,
     return info, queries
 
 
+def make_grown_catalog(path: Path, real_path: Path, n_chunks: int,
+                       batch_refs: int = 1000) -> dict[str, Any]:
+    """The real catalog at ``real_path`` grown to about ``n_chunks`` with distractor
+    references drawn from statistics fitted to it (``FittedCorpus``). The real references
+    (and so every query's true versions) are all kept; cached under ``path``."""
+    if (path / "bench-store.json").exists():
+        return dict(json.loads((path / "bench-store.json").read_text()))
+    from rich.progress import Progress
+
+    t0 = time.perf_counter()
+    gen_s = 0.0
+    with Catalog.open(real_path, "r") as real:
+        lay = real.layout()
+        model_id = real.model_id or ""
+        dim = real.dim or 0
+        real_refs = list(real.references())
+        real_sets = [real.ref_vectors(r.key, lay) for r in real_refs]
+        starts = [lay.starts[lay.chunk_base[r.key]: lay.chunk_base[r.key] + lay.n_chunks[r.key]]
+                  for r in real_refs]
+    tf = time.perf_counter()
+    stats = fit_reference_stats(real_sets)
+    corpus = FittedCorpus(stats, seed=11)
+    real_profile = similarity_profile(real_sets)
+    gen_s += time.perf_counter() - tf
+    total = sum(len(v) for v in real_sets)
+    made: list[np.ndarray] = []
+    with Catalog.open(path, "a", model_id=model_id, dim=dim) as cat, Progress() as bar:
+        task = bar.add_task("growing the catalog", total=n_chunks)
+        for lo in range(0, len(real_refs), batch_refs):
+            cat.add_references(
+                [ReferenceInput(r.id, v, s, title=r.title, extra=r.extra) for r, v, s in
+                 zip(real_refs[lo: lo + batch_refs], real_sets[lo: lo + batch_refs],
+                     starts[lo: lo + batch_refs], strict=True)], model_id)
+            bar.update(task, completed=sum(len(v) for v in real_sets[: lo + batch_refs]))
+        first = 0
+        while total < n_chunks:
+            tg = time.perf_counter()
+            batch = corpus.batch(first, batch_refs)
+            first += batch_refs
+            if len(made) < 2000:
+                made.extend(r.vectors for r in batch[:200])
+            gen_s += time.perf_counter() - tg
+            cat.add_references([ReferenceInput(r.id, r.vectors, r.starts, title=r.id)
+                                for r in batch], model_id)
+            total += sum(len(r.vectors) for r in batch)
+            bar.update(task, completed=min(total, n_chunks))
+        st = cat.stats()
+    info = {"data": f"real {real_path.name} + fitted distractors", "works": 0,
+            "real_chunks": int(sum(len(v) for v in real_sets)),
+            "profile_real": real_profile, "profile_fitted": similarity_profile(made),
+            "fitted_rho": stats.rho, **store_summary(path, st, t0, gen_s)}
+    (path / "bench-store.json").write_text(json.dumps(info))
+    return info
+
+
 def get_snapshot(path: Path, params: IndexParams, build_threads: int) -> tuple[Path, float]:
     """Build the snapshot for ``params`` once; return (dir, build seconds)."""
     import faiss
@@ -205,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ef-construction", type=int, default=200)
     ap.add_argument("--ef-search", type=int, default=128)
     ap.add_argument("--pq-m", type=int, default=64)
+    ap.add_argument("--pca-dim", type=int, default=0,
+                    help="build the graph over the top N principal directions (0 = off)")
     ap.add_argument("--refine", type=int, default=4, help="stage-1 re-scoring factor (SQ8/PQ)")
     ap.add_argument("--top-k", type=int, default=50,
                     help="stage-1 distinct references per query chunk (latency runs)")
@@ -218,7 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--build-only", action="store_true", help="build catalogs and snapshots, no queries")
     ap.add_argument("--real", type=Path, default=None, metavar="SHS_NPZ",
                     help="real embeddings instead of synthetic ones: SHS100K-TEST HPCP embedded by "
-                         "--checkpoint (--sizes is then ignored: the catalog is the whole set)")
+                         "--checkpoint (--sizes is then ignored: the catalog is the whole set, "
+                         "unless --grow-to is given)")
+    ap.add_argument("--grow-to", type=int, default=None, metavar="CHUNKS",
+                    help="with --real: add distractor references drawn from statistics fitted "
+                         "to the real embeddings until the catalog has CHUNKS chunks")
     ap.add_argument("--checkpoint", type=Path, default=Path("models/streamcover-hpcp-compact.pt"))
     args = ap.parse_args(argv)
 
@@ -234,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             cpath = args.cache / f"catalog-real-{args.checkpoint.stem}"
             store, queries = make_real_catalog(cpath, args.real, args.checkpoint,
                                                max(args.queries, args.recall_queries))
+            if args.grow_to:
+                real_path, cpath = cpath, cpath.with_name(f"{cpath.name}-grow{args.grow_to}")
+                store = make_grown_catalog(cpath, real_path, args.grow_to)
             args.queries = min(args.queries, len(queries))
             args.recall_queries = min(args.recall_queries, len(queries))
         else:
@@ -248,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         ex_top: list[list[int]] | None = None
         for kind in args.kinds.split(","):
             params = IndexParams(kind, args.m, args.ef_construction, args.ef_search,
-                                 args.pq_m)
+                                 args.pq_m, args.pca_dim)
             snap_path, build_s = get_snapshot(cpath, params, args.build_threads)
             print(f"# snapshot {size} {kind}: {build_s:.0f}s", file=sys.stderr, flush=True)
             if args.build_only:
@@ -297,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                 "data": store.get("data", "synthetic"),
                 "chunks": n,
                 "references": store["references"],
-                "kind": kind,
+                "kind": kind + (f"+pca{args.pca_dim}" if args.pca_dim else ""),
                 "params": params.__dict__,
                 "top_k": args.top_k,
                 "fetch_factor": args.fetch_factor,

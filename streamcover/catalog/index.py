@@ -65,22 +65,64 @@ class IndexParams:
     ef_construction: int = 200
     ef_search: int = 128
     pq_m: int = 64
+    # > 0: the graph is built over a projection of the embeddings onto their top pca_dim
+    # principal directions (stage 1 only; neighbours are re-scored exactly).
+    pca_dim: int = 0
 
     @classmethod
     def from_settings(cls, s: CatalogSettings) -> IndexParams:
-        return cls(s.index, s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search, s.pq_m)
+        return cls(s.index, s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search, s.pq_m,
+                   s.pca_dim)
 
     def build_key(self) -> tuple[Any, ...]:
         """Parameters that shape the graph (efSearch does not)."""
-        return (self.kind, self.m, self.ef_construction, self.pq_m)
+        return (self.kind, self.m, self.ef_construction, self.pq_m, self.pca_dim)
+
+    @property
+    def approximate(self) -> bool:
+        """Whether the index's own similarities are approximate (compressed or projected)."""
+        return self.kind != "hnsw" or self.pca_dim > 0
 
 
-def make_index(dim: int, params: IndexParams, n_train: int = 0) -> Any:
-    """An empty inner-product HNSW index of the requested kind."""
+def hnsw_of(index: Any) -> Any:
+    """The HNSW graph structure of a (possibly projected) HNSW index."""
+    import faiss
+
+    inner: Any = (faiss.downcast_index(index.index)
+                  if isinstance(index, faiss.IndexPreTransform) else index)
+    return inner.hnsw
+
+
+def projection(sample: np.ndarray, out_dim: int) -> np.ndarray:
+    """``[out_dim, D]`` rows spanning the top principal directions of the *uncentred*
+    second moment of ``sample``: inner products of projected vectors are then the best
+    rank-``out_dim`` approximation of the original inner products (centring would drop
+    each vector's component along the mean, which the ranking by inner product uses)."""
+    x = np.asarray(sample, dtype=np.float64)
+    if not 0 < out_dim < x.shape[1]:
+        raise CatalogError(f"catalog.pca_dim={out_dim} must be between 1 and the dimension "
+                           f"{x.shape[1]} (0 turns the projection off)")
+    vals, vecs = np.linalg.eigh(x.T @ x / max(len(x), 1))
+    return np.ascontiguousarray(vecs[:, np.argsort(-vals)[:out_dim]].T, dtype=np.float32)
+
+
+def make_index(dim: int, params: IndexParams, n_train: int = 0,
+               sample: np.ndarray | None = None) -> Any:
+    """An empty inner-product HNSW index of the requested kind.
+
+    With ``params.pca_dim``, the HNSW index works on ``sample``'s top principal directions
+    behind a fixed linear transform (so ``sample`` is required).
+    """
     import faiss
 
     fa: Any = faiss  # faiss's stubs miss the SWIG overloads used below
     ip = faiss.METRIC_INNER_PRODUCT
+    full_dim = dim
+    if params.pca_dim:
+        if sample is None:
+            raise CatalogError("a projected index (catalog.pca_dim) needs training rows")
+        proj = projection(sample, params.pca_dim)
+        dim = params.pca_dim
     idx: Any
     if params.kind == "hnsw":
         idx = faiss.IndexHNSWFlat(dim, params.m, ip)
@@ -100,6 +142,12 @@ def make_index(dim: int, params: IndexParams, n_train: int = 0) -> Any:
         raise CatalogError(f"unknown index kind {params.kind!r}")
     idx.hnsw.efConstruction = params.ef_construction
     idx.hnsw.efSearch = params.ef_search
+    if params.pca_dim:
+        lt = fa.LinearTransform(full_dim, dim, False)
+        faiss.copy_array_to_vector(proj.ravel(), lt.A)
+        lt.is_trained = True
+        # faiss's Python constructor keeps lt and idx referenced for the wrapper's lifetime.
+        return fa.IndexPreTransform(lt, idx)
     return idx
 
 
@@ -176,7 +224,7 @@ class Snapshot:
                 f"manifest {manifest.n_vectors}"
             )
         if ef_search is not None:
-            index.hnsw.efSearch = ef_search
+            hnsw_of(index).efSearch = ef_search
         return cls(path, manifest, index, ref_keys, ordinals)
 
 
@@ -273,10 +321,11 @@ def build_snapshot(
         if index is None:
             # PQ k-means cost grows with the sample; 32k points is ~128 per centroid.
             n_train = min(live_total, 32_768 if params.kind == "hnsw_pq" else 100_000)
-            index = make_index(dim, params, n_train)
+            sample = _sample_rows(catalog, layout, n_train) if params.approximate else None
+            index = make_index(dim, params, n_train, sample)
             if not index.is_trained:
-                index.train(_sample_rows(catalog, layout, n_train))
-        index.hnsw.efConstruction = params.ef_construction
+                index.train(sample)
+        hnsw_of(index).efConstruction = params.ef_construction
         done = 0
         for vecs, keys, ords in catalog.iter_live_vectors(layout, new_keys, batch_rows=16384):
             index.add(vecs)
@@ -287,7 +336,7 @@ def build_snapshot(
                 progress(done, n_new)
         ref_keys = np.concatenate(keys_parts) if keys_parts else np.zeros(0, np.int64)
         ordinals = np.concatenate(ord_parts) if ord_parts else np.zeros(0, np.int32)
-        index.hnsw.efSearch = params.ef_search
+        hnsw_of(index).efSearch = params.ef_search
 
         name = f"v{version:010d}-{time.time_ns()}"
         root = snapshot_root(cpath)
@@ -494,7 +543,11 @@ class SearchView:
                     with cat.reading():
                         version = cat.version
                         layout = cat.layout()
-                        segments: dict[int, np.ndarray] = dict(cat.segments(verify=verify))
+                        # Plain ndarray views of the maps: the same pages, without
+                        # np.memmap's per-slice Python overhead on the query path.
+                        segments: dict[int, np.ndarray] = {
+                            k: v.view(np.ndarray)
+                            for k, v in cat.segments(verify=verify).items()}
                         dim = cat.dim
                         model_id = cat.model_id
                 except CatalogCorruptError:
@@ -547,30 +600,41 @@ class SearchView:
 
     @property
     def compressed(self) -> bool:
-        return self.snapshot is not None and self.snapshot.manifest.params["kind"] != "hnsw"
+        """Whether the snapshot's similarities are approximate (compressed or projected)."""
+        return self.snapshot is not None and IndexParams(**self.snapshot.manifest.params).approximate
 
     def exact_sims(self, queries: np.ndarray, keys: np.ndarray, ords: np.ndarray) -> np.ndarray:
-        """Exact inner products [M, k] of each query row with chunks (keys, ords) [M, k]."""
+        """Exact inner products [M, k] of each query row with chunks (keys, ords) [M, k]
+        (-inf where a key is -1)."""
+        import torch
+
         lay = self.layout
         out = np.full(keys.shape, -np.inf, np.float32)
-        ok = keys >= 0
-        kk = np.where(ok, keys, 0)
-        segs = np.where(ok, lay.segment[kk], -1)
-        rows = lay.row_start[kk] + ords
-        for seg in np.unique(segs[ok]):
-            mask = segs == seg
-            qi = np.nonzero(mask)[0]
-            vecs = self.segments[int(seg)][rows[mask]].astype(np.float32)
-            out[mask] = np.einsum("nd,nd->n", vecs, queries[qi])
+        ok = np.flatnonzero(keys.reshape(-1) >= 0)
+        if not ok.size:
+            return out
+        kk = keys.reshape(-1)[ok]
+        segs = lay.segment[kk]
+        rows = lay.row_start[kk] + ords.reshape(-1)[ok]
+        # One fancy index per segment, in segment order; one product for all rows.
+        order = np.argsort(segs, kind="stable")
+        cuts = np.flatnonzero(np.diff(segs[order])) + 1
+        vecs = np.empty((ok.size, self.dim), np.float16)
+        for part in np.split(order, cuts):
+            vecs[part] = self.segments[int(segs[part[0]])][rows[part]]
+        qrows = queries[ok // keys.shape[1]]
+        sims = (torch.from_numpy(vecs).float() * torch.from_numpy(qrows)).sum(1).numpy()
+        out.reshape(-1)[ok] = sims
         return out
 
     def stage1(self, queries: np.ndarray, k: int, refine: int = 1) -> Stage1Result:
         """Top-k live neighbours of each query row across snapshot and delta.
 
-        For compressed snapshots (SQ8, PQ) with ``refine`` > 1, ``k * refine``
-        neighbours are fetched by compressed distance and re-scored exactly from the
+        For approximate snapshots (SQ8, PQ, or projected by ``pca_dim``), ``k * refine``
+        neighbours are fetched by approximate similarity and re-scored exactly from the
         float16 store before the top k are kept: PQ's coarse distances alone lose
-        many true neighbours, the store already holds the exact vectors.
+        many true neighbours, the store already holds the exact vectors, and exact
+        similarities rank consistently with the delta index's.
         """
         import faiss
 
@@ -581,18 +645,19 @@ class SearchView:
             idx = self.snapshot.index
             fetch = k * refine if self.compressed else k
             kk = min(fetch, idx.ntotal)
-            ef = max(idx.hnsw.efSearch, kk)
-            if self._selector is not None:
-                params = fa.SearchParametersHNSW(sel=self._selector, efSearch=ef)
+            ef = max(hnsw_of(idx).efSearch, kk)
+            hp = (fa.SearchParametersHNSW(sel=self._selector, efSearch=ef)
+                  if self._selector is not None else fa.SearchParametersHNSW(efSearch=ef))
+            if isinstance(idx, faiss.IndexPreTransform):
+                params = fa.SearchParametersPreTransform(index_params=hp)
                 d, i = idx.search(queries, kk, params=params)
             else:
-                params = fa.SearchParametersHNSW(efSearch=ef)
-                d, i = idx.search(queries, kk, params=params)
+                d, i = idx.search(queries, kk, params=hp)
             valid = i >= 0
             ii = np.where(valid, i, 0)
             keys = np.where(valid, self.snapshot.ref_keys[ii], -1)
             ords = self.snapshot.ordinals[ii]
-            if self.compressed and refine > 1:
+            if self.compressed:
                 d = self.exact_sims(queries, keys, ords)
                 top = np.argsort(-d, axis=1, kind="stable")[:, :k]
                 d = np.take_along_axis(d, top, 1)

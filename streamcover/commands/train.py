@@ -23,9 +23,11 @@ if TYPE_CHECKING:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train", help="train the cover encoder (resumable)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--shs", type=Path, help="SHS100K HPCP npz (../shared/data)")
-    src.add_argument("--manifest", type=Path, help="CSV/JSONL manifest of training recordings")
+    p.add_argument("--shs", type=Path, help="SHS100K HPCP npz (../shared/data)")
+    p.add_argument("--manifest", type=Path,
+                   help="CSV/JSONL manifest of training recordings; with --shs, they are "
+                        "trained on together (validation stays the SHS val split unless "
+                        "--val-manifest is given too)")
     p.add_argument("--split", type=Path, default=None,
                    help="split JSON for --shs (created with --split-seed if missing)")
     p.add_argument("--split-seed", type=int, default=20261123)
@@ -40,7 +42,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--limit-works", type=int, default=None,
                    help="use only the first N works of --shs (smoke tests)")
     p.add_argument("--init-from", type=Path, default=None,
-                   help="warm-start a new run from another run's last.pt (ignored on resume)")
+                   help="warm-start a new run from another run's last.pt or a shipped model .pt "
+                        "(ignored on resume)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines, no progress bar")
     p.set_defaults(handler=_run)
 
@@ -66,8 +69,12 @@ def _run(args: argparse.Namespace) -> int:
     runs_dir = args.runs_dir or settings.train.runs_dir
     run_dir = Path(runs_dir) / (args.run or cfg.name)
     val_tracks: TrackSet | None
+    if args.shs is None and args.manifest is None:
+        raise CliError("give --shs, --manifest or both")
     try:
-        if args.shs is not None:
+        if args.shs is not None and args.manifest is not None:
+            train_tracks, val_tracks, desc = _mixed_data(args, cfg.frontend, settings)
+        elif args.shs is not None:
             train_tracks, val_tracks, desc = _shs_data(args, cfg.frontend)
         else:
             train_tracks, val_tracks, desc = _manifest_data(args, cfg.frontend, settings)
@@ -120,3 +127,15 @@ def _manifest_data(args: argparse.Namespace, frontend: str,
                   if args.val_manifest else None)
     desc = f"manifest {args.manifest.name} ({train_tracks.n_works} works, {len(train_tracks)} recordings)"
     return train_tracks, val_tracks, desc
+
+
+def _mixed_data(args: argparse.Namespace, frontend: str,
+                settings: Settings) -> tuple[TrackSet, TrackSet | None, str]:
+    """SHS train split plus the manifest's recordings; SHS val (plus --val-manifest)."""
+    from streamcover.train.tracks import TrackSet
+
+    shs_train, shs_val, shs_desc = _shs_data(args, frontend)
+    man_train, man_val, man_desc = _manifest_data(args, frontend, settings)
+    train_tracks = TrackSet.concat([shs_train, man_train])
+    val_tracks = TrackSet.concat([shs_val, man_val]) if man_val is not None else shs_val
+    return train_tracks, val_tracks, f"{shs_desc}; plus {man_desc}"

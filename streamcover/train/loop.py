@@ -37,7 +37,12 @@ from streamcover.device import configure_threads, gpu_autocast_dtype, select_dev
 from streamcover.eval.embedders import EncoderEmbedder
 from streamcover.eval.protocols import ChunkSets, full_length, short_queries
 from streamcover.log import get_logger
-from streamcover.model.checkpoint import atomic_torch_save, save_checkpoint
+from streamcover.model.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    load_checkpoint,
+    save_checkpoint,
+)
 from streamcover.model.config import EncoderConfig
 from streamcover.model.net import CoverEncoder
 from streamcover.train.batches import Chunker, PKBatchSampler
@@ -268,21 +273,9 @@ def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None,
         history = json.loads(st["history_json"])
         log.info("resumed", run=str(run_dir), step=step, elapsed_h=round(elapsed / 3600, 3))
     elif init_from is not None:
-        src = torch.load(init_from, map_location=device, weights_only=True)
-        if not isinstance(src, dict) or src.get("format") != STATE_FORMAT:
-            raise TrainError(f"--init-from {init_from} is not a streamcover training state")
-        if src["encoder_config"] != enc_cfg.to_dict():
-            raise TrainError(f"--init-from {init_from}: its encoder config differs from this run's")
-        model.load_state_dict(src["model"])
-        heads_state = heads.state_dict()
-        same = {k: v for k, v in src["heads"].items()
-                if k in heads_state and heads_state[k].shape == v.shape}
-        heads.load_state_dict(same, strict=False)
-        (run_dir / "init.json").write_text(json.dumps(
-            {"init_from": str(init_from), "source_step": int(src["step"]),
-             "source_elapsed_s": float(src["elapsed_s"]), "heads_loaded": sorted(same)},
-            indent=1) + "\n", encoding="utf-8")
-        log.info("initialised", run=str(run_dir), source=str(init_from), source_step=src["step"])
+        info = _warm_start(model, heads, init_from, enc_cfg, device)
+        (run_dir / "init.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+        log.info("initialised", run=str(run_dir), **info)
 
     def save_state() -> None:
         atomic_torch_save({
@@ -398,6 +391,36 @@ def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None,
                 save_state()
     save_state()
     return TrainResult(run_dir=run_dir, steps=step, elapsed_s=elapsed, best=best, history=history)
+
+
+def _warm_start(model: CoverEncoder, heads: nn.Module, source: Path, enc_cfg: EncoderConfig,
+                device: torch.device) -> dict[str, Any]:
+    """Load ``source`` into a new run: a run's training state (encoder and the heads that
+    fit) or a shipped model checkpoint (encoder only; heads start fresh). Fine-tuning a
+    shipped model on one's own catalogue starts here."""
+    try:
+        src = torch.load(source, map_location=device, weights_only=True)
+    except Exception:  # load_checkpoint below names what is wrong
+        src = None
+    if isinstance(src, dict) and src.get("format") == STATE_FORMAT:
+        if src["encoder_config"] != enc_cfg.to_dict():
+            raise TrainError(f"--init-from {source}: its encoder config differs from this run's")
+        model.load_state_dict(src["model"])
+        heads_state = heads.state_dict()
+        same = {k: v for k, v in src["heads"].items()
+                if k in heads_state and heads_state[k].shape == v.shape}
+        heads.load_state_dict(same, strict=False)
+        return {"init_from": str(source), "kind": "training state",
+                "source_step": int(src["step"]), "source_elapsed_s": float(src["elapsed_s"]),
+                "heads_loaded": sorted(same)}
+    try:
+        loaded = load_checkpoint(source, expect=enc_cfg)
+    except CheckpointError as exc:
+        raise TrainError(f"--init-from {source} is neither a training state nor a usable "
+                         f"model checkpoint: {exc}") from exc
+    model.load_state_dict(loaded.model.state_dict())
+    return {"init_from": str(source), "kind": "model checkpoint", "model_id": loaded.model_id,
+            "heads_loaded": []}
 
 
 def _print(msg: str) -> None:

@@ -83,6 +83,48 @@ class TrackSet:
             titles=[self.titles[i] for i in idx] if self.titles is not None else None,
         )
 
+    @classmethod
+    def concat(cls, parts: Sequence[TrackSet]) -> TrackSet:
+        """Several sources as one (e.g. SHS100K HPCP plus a rendered corpus).
+
+        Works stay apart: each part's work ids are shifted past the previous parts'.
+        Features are stored as the first part stores them (uint8 parts are quantised
+        with its scale, as the SHS file is); frame rates and bin counts must agree.
+        """
+        if not parts:
+            raise ValueError("TrackSet.concat needs at least one part")
+        first = parts[0]
+        feats: list[np.ndarray] = []
+        works: list[np.ndarray] = []
+        ids: list[str] = []
+        titles: list[str] = []
+        offset = 0
+        for n, part in enumerate(parts):
+            if abs(part.frames_per_second - first.frames_per_second) > 1e-3:
+                raise ValueError(
+                    f"TrackSet.concat: part {n} has {part.frames_per_second:.4f} frames/s, "
+                    f"part 0 has {first.frames_per_second:.4f}; use one front end for both")
+            if part.n_bins != first.n_bins:
+                raise ValueError(f"TrackSet.concat: part {n} has {part.n_bins} bins, "
+                                 f"part 0 has {first.n_bins}")
+            same = part.scale == first.scale and part.time_major == first.time_major
+            for i in range(len(part)):
+                if same:
+                    feats.append(part.features[i])
+                    continue
+                x = part.feature(i)
+                if first.scale != 1.0:
+                    x = np.clip(np.rint(x / first.scale), 0, 255).astype(np.uint8)
+                feats.append(np.ascontiguousarray(x.T) if first.time_major else x)
+            w = np.asarray(part.works, dtype=np.int64)
+            works.append(w - w.min() + offset if len(w) else w)
+            offset = int(works[-1].max()) + 1 if len(w) else offset
+            ids.extend(part.track_ids)
+            titles.extend(part.titles if part.titles is not None else [""] * len(part))
+        return cls(features=feats, works=np.concatenate(works), track_ids=ids,
+                   frames_per_second=first.frames_per_second, scale=first.scale,
+                   time_major=first.time_major, titles=titles)
+
     def select_works(self, works: Sequence[int] | np.ndarray) -> TrackSet:
         """The recordings of the given works."""
         keep = np.isin(self.works, np.asarray(list(works), dtype=np.int64))

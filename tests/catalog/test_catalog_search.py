@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,12 @@ from streamcover.catalog.index import (
     current_snapshot_path,
 )
 from streamcover.catalog.search import Stage1Memo, TwoStageSearcher
-from streamcover.catalog.store import Catalog, CatalogCorruptError, ModelMismatchError
+from streamcover.catalog.store import (
+    Catalog,
+    CatalogCorruptError,
+    CatalogError,
+    ModelMismatchError,
+)
 from streamcover.catalog.synthetic import SyntheticCorpus, SyntheticRef
 
 
@@ -57,6 +63,13 @@ def test_two_stage_finds_reference_and_alignment(
     ex = s.search(q, qstarts, top_n=5, exhaustive=True)
     assert [h.reference_id for h in ex[:2]] == [h.reference_id for h in hits[:2]]
     assert ex[0].score == pytest.approx(hits[0].score, abs=1e-5)
+    # Every hit's alignment (taken from the leaders' re-scoring matrix) is what align()
+    # computes for that reference on its own.
+    view = s.view
+    for h in s.search(q, qstarts, top_n=10):
+        best, bsim = s.align(view, q, h.ref_key)
+        assert h.ref_chunks == best.tolist()
+        np.testing.assert_allclose([a[2] for a in h.alignment], bsim, atol=1e-6)
 
 
 def test_query_from_other_model_refused(make_catalog: Callable[..., Path],
@@ -175,6 +188,48 @@ def test_compressed_indexes_find_the_reference(
         assert hits[0].ref_chunks == [1, 2, 3, 4]
     raw = (view.snapshot.path / "index.faiss").stat().st_size / view.n_chunks  # type: ignore[union-attr]
     assert raw < 64 * 4  # smaller than the float32 vectors alone
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "hnsw_sq8"])
+def test_projected_index_finds_the_reference_and_extends(
+    make_catalog: Callable[..., Path], refs: list[SyntheticRef], kind: str
+) -> None:
+    """pca_dim: the graph works on a 16-d projection; stage 1 re-scores exactly, so the
+    hits and their stage-1 similarities are those of the full vectors."""
+    params = IndexParams(kind, m=16, ef_construction=64, ef_search=64, pca_dim=16)  # type: ignore[arg-type]
+    path = make_catalog(n=80, params=params)
+    view = SearchView.open(path)
+    assert view.compressed
+    s = TwoStageSearcher(view, top_k=30, refine=2)
+    for i in (3, 44, 70):
+        q = _query_from(refs[i], 1, 4)
+        hits = s.search(q, np.arange(4) * 10.0)
+        assert hits[0].reference_id == refs[i].id
+        assert hits[0].ref_chunks == [1, 2, 3, 4]
+        s1 = view.stage1(q, 5, refine=2)
+        exact = view.exact_sims(q, s1.ref_keys, s1.ordinals)
+        np.testing.assert_allclose(s1.sims, exact, rtol=0, atol=1e-6)
+    raw = (view.snapshot.path / "index.faiss").stat().st_size / view.n_chunks  # type: ignore[union-attr]
+    assert raw < 64 * 4  # the 64-d float32 vectors alone would be 256 bytes
+    view.close()
+    # An incremental rebuild keeps the projection and adds the new references.
+    with Catalog.open(path, "a") as cat:
+        cat.add_references([as_input(r) for r in refs[80:90]], MODEL)
+        snap = build_snapshot(cat, params)
+    manifest = json.loads((snap / "manifest.json").read_text())
+    assert manifest["incremental_from"] is not None
+    assert manifest["params"]["pca_dim"] == 16
+    view = SearchView.open(path)
+    hits = TwoStageSearcher(view, top_k=30).search(_query_from(refs[85], 0, 3), np.zeros(3))
+    assert hits[0].reference_id == refs[85].id
+    view.close()
+
+
+def test_projection_must_be_smaller_than_the_embedding(
+    make_catalog: Callable[..., Path],
+) -> None:
+    with pytest.raises(CatalogError, match="pca_dim=64"):
+        make_catalog(n=20, params=IndexParams("hnsw", m=16, ef_construction=32, pca_dim=64))
 
 
 def test_snapshot_swap_while_searching(

@@ -76,6 +76,40 @@ def test_resume_refuses_a_different_config(shs_real_slice: ShsData, tmp_path: Pa
               tmp_path / "x", progress=False, init_from=tmp_path / "r" / "last.pt")
 
 
+def test_warm_start_from_a_shipped_model_checkpoint(shs_real_slice: ShsData,
+                                                    tmp_path: Path) -> None:
+    """Fine-tuning a shipped model: --init-from takes a model .pt; the heads start fresh."""
+    from streamcover.model.checkpoint import save_checkpoint
+    from streamcover.model.net import CoverEncoder
+
+    tr, _va = _parts(shs_real_slice)
+    enc_cfg = build_encoder_config(_config())
+    torch.manual_seed(5)
+    shipped = CoverEncoder(enc_cfg)
+    model_pt = tmp_path / "shipped.pt"
+    save_checkpoint(model_pt, shipped, enc_cfg)
+    # One step at a negligible lr: the run's checkpoint holds the shipped weights.
+    train(_config(max_steps=1, optim={"warmup_steps": 1, "lr": 1e-12}), tr, None,
+          tmp_path / "ft", progress=False, init_from=model_pt)
+    init = json.loads((tmp_path / "ft" / "init.json").read_text())
+    assert init["kind"] == "model checkpoint" and init["heads_loaded"] == []
+    state = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)
+    for k, v in shipped.state_dict().items():
+        if v.dtype.is_floating_point and "running" not in k:
+            assert torch.allclose(state["model"][k].float(), v.float(), atol=1e-6), k
+    # Another architecture's model, or a file that is not a checkpoint, is refused clearly.
+    other = CoverEncoder(build_encoder_config(
+        _config(encoder_overrides={**TINY_ENCODER, "ibn": False})))
+    save_checkpoint(tmp_path / "other.pt", other, other.cfg)
+    with pytest.raises(TrainError, match="neither a training state nor a usable model"):
+        train(_config(max_steps=1), tr, None, tmp_path / "y", progress=False,
+              init_from=tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainError, match="junk.pt"):
+        train(_config(max_steps=1), tr, None, tmp_path / "z", progress=False,
+              init_from=tmp_path / "junk.pt")
+
+
 def test_shipped_configs_parse_and_build(tmp_path: Path) -> None:
     from streamcover.config import PROJECT_ROOT
 

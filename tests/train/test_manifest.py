@@ -6,8 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from train_helpers import TINY_ENCODER
 
 from streamcover.train.manifest import ManifestError, manifest_tracks, read_manifest
+from streamcover.train.shs import ShsData
+from streamcover.train.tracks import TrackSet
 
 SR = 22_050
 
@@ -85,3 +88,54 @@ def test_features_through_the_frontend_are_cached_and_bad_audio_is_reported(
     np.testing.assert_array_equal(again.feature(1), tracks.feature(1))
     with pytest.raises(ManifestError, match="none of the 1"):
         manifest_tracks([entries[3]], "hpcp", cache_dir=cache)
+
+
+def _two_work_manifest(tmp_path: Path) -> Path:
+    """Two works, two versions each (the second transposed), as real WAV files."""
+    rows = ["work,path"]
+    for w, theme in enumerate(([60, 64, 67, 72, 67, 64], [62, 65, 69, 65, 62, 57])):
+        for v, shift in enumerate((0, 3)):
+            p = _melody(tmp_path / f"w{w}v{v}.wav", [n + shift for n in theme], seconds=25.0)
+            rows.append(f"song{w},{p.name}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "m.csv"
+
+
+def test_shs_and_manifest_recordings_combine(shs_real_slice: ShsData, tmp_path: Path) -> None:
+    """The corpus rendered to HPCP and the SHS HPCP file train together."""
+    shs = shs_real_slice.tracks.select_works(np.unique(shs_real_slice.tracks.works)[:3])
+    man = manifest_tracks(read_manifest(_two_work_manifest(tmp_path)), "hpcp",
+                          cache_dir=tmp_path / "cache")
+    both = TrackSet.concat([shs, man])
+    assert len(both) == len(shs) + len(man) and both.n_works == shs.n_works + 2
+    assert set(both.works[: len(shs)]).isdisjoint(both.works[len(shs):])
+    # SHS rows untouched; manifest rows stored as SHS stores them (uint8, time-major).
+    np.testing.assert_array_equal(both.feature(0), shs.feature(0))
+    assert both.features[len(shs)].dtype == np.uint8 and both.time_major
+    np.testing.assert_allclose(both.feature(len(shs)), man.feature(0), atol=shs.scale / 2 + 1e-6)
+    slow = TrackSet(man.features, man.works, man.track_ids, man.frames_per_second / 2)
+    with pytest.raises(ValueError, match="frames/s"):
+        TrackSet.concat([shs, slow])
+
+
+def test_train_command_takes_shs_and_manifest(shs_real_slice: ShsData, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from streamcover.cli import main
+    from streamcover.train.shs import DEFAULT_SHS_PATH
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({
+        "name": "mixed", "frontend": "hpcp", "encoder_overrides": TINY_ENCODER, "threads": 1,
+        "max_steps": 1, "val_every_steps": 1, "device": "cpu", "val_max_works": 3,
+        "data": {"works_per_batch": 3, "versions_per_work": 2, "full_max_chunks": 2}}))
+    rc = main(["train", "--shs", str(DEFAULT_SHS_PATH), "--limit-works", "24",
+               "--split", str(tmp_path / "split.json"), "--manifest",
+               str(_two_work_manifest(tmp_path)), "--config", str(cfg),
+               "--runs-dir", str(tmp_path / "runs"), "--no-progress"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    # The SHS train split (about 80 % of 24 works) plus the manifest's 2 works.
+    n_works = int(out.split("recordings of ")[1].split(" works")[0])
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert n_works == len(split["train"]) + 2
+    assert (tmp_path / "runs" / "mixed" / "last.pt").exists()
