@@ -105,7 +105,7 @@ def test_warm_start_from_a_shipped_model_checkpoint(shs_real_slice: ShsData,
         train(_config(max_steps=1), tr, None, tmp_path / "y", progress=False,
               init_from=tmp_path / "other.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(TrainError, match="junk.pt"):
+    with pytest.raises(TrainError, match=r"junk\.pt"):
         train(_config(max_steps=1), tr, None, tmp_path / "z", progress=False,
               init_from=tmp_path / "junk.pt")
 
