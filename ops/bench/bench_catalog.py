@@ -208,8 +208,10 @@ def make_grown_catalog(path: Path, real_path: Path, n_chunks: int,
     return info
 
 
-def get_snapshot(path: Path, params: IndexParams, build_threads: int) -> tuple[Path, float]:
-    """Build the snapshot for ``params`` once; return (dir, build seconds)."""
+def get_snapshot(path: Path, params: IndexParams,
+                 build_threads: int) -> tuple[Path, float, int | None]:
+    """Build the snapshot for ``params`` once; return (dir, build seconds, threads used
+    if it was built by this run, else None)."""
     import faiss
 
     state_file = path / "bench-snapshots.json"
@@ -218,9 +220,11 @@ def get_snapshot(path: Path, params: IndexParams, build_threads: int) -> tuple[P
     state = {json.dumps(list(IndexParams(**json.loads(k)).build_key())): v for k, v in state.items()
              if k.startswith("{")} | {k: v for k, v in state.items() if not k.startswith("{")}
     key = json.dumps(list(params.build_key()))
+    built_with: int | None = None
     if key in state and (snapshot_root(path) / state[key]).is_dir():
         snap = snapshot_root(path) / state[key]
     else:
+        built_with = build_threads
         faiss.omp_set_num_threads(build_threads)
         t0 = time.perf_counter()
         last = [0.0]
@@ -238,7 +242,7 @@ def get_snapshot(path: Path, params: IndexParams, build_threads: int) -> tuple[P
         state[key] = snap.name
         state_file.write_text(json.dumps(state))
     manifest = json.loads((snap / "manifest.json").read_text())
-    return snap, float(manifest["build_seconds"])
+    return snap, float(manifest["build_seconds"]), built_with
 
 
 def exhaustive_top(path: Path, view: SearchView, queries: list[np.ndarray], n: int) -> list[list[int]]:
@@ -323,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in args.kinds.split(","):
             params = IndexParams(kind, args.m, args.ef_construction, args.ef_search,
                                  args.pq_m, args.pca_dim)
-            snap_path, build_s = get_snapshot(cpath, params, args.build_threads)
+            snap_path, build_s, built_with = get_snapshot(cpath, params, args.build_threads)
             print(f"# snapshot {size} {kind}: {build_s:.0f}s", file=sys.stderr, flush=True)
             if args.build_only:
                 continue
@@ -377,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
                 "fetch_factor": args.fetch_factor,
                 "max_candidates": args.max_candidates,
                 "build_seconds": build_s,
-                "build_threads": args.build_threads,
+                # None: the snapshot was cached from an earlier run (threads not recorded).
+                "build_threads": built_with,
                 "index_bytes_per_chunk": round(index_bytes / n, 1),
                 "store_fp16_bytes_per_chunk": round(store["segment_bytes"] / n, 1),
                 "sqlite_bytes_per_chunk": round(store["sqlite_bytes"] / n, 1),
