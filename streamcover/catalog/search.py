@@ -265,8 +265,8 @@ class TwoStageSearcher:
         receives their alignments (as :meth:`align` computes them) from the same matrix.
         """
         m = q.shape[0]
-        lengths_all = view.layout.n_chunks[keys].astype(np.int64)
         scores = np.zeros(keys.shape[0], np.float32)
+        lengths_all = view.layout.n_chunks[keys].astype(np.int64)
         i = 0
         while i < keys.size:
             total = np.cumsum(lengths_all[i:])
