@@ -177,16 +177,17 @@ def make_grown_catalog(path: Path, real_path: Path, n_chunks: int,
     corpus = FittedCorpus(stats, seed=11)
     real_profile = similarity_profile(real_sets)
     gen_s += time.perf_counter() - tf
-    total = sum(len(v) for v in real_sets)
+    real_total = total = sum(len(v) for v in real_sets)
     made: list[np.ndarray] = []
     with Catalog.open(path, "a", model_id=model_id, dim=dim) as cat, Progress() as bar:
         task = bar.add_task("growing the catalog", total=n_chunks)
         for lo in range(0, len(real_refs), batch_refs):
+            part = real_sets[lo: lo + batch_refs]
             cat.add_references(
                 [ReferenceInput(r.id, v, s, title=r.title, extra=r.extra) for r, v, s in
-                 zip(real_refs[lo: lo + batch_refs], real_sets[lo: lo + batch_refs],
-                     starts[lo: lo + batch_refs], strict=True)], model_id)
-            bar.update(task, completed=sum(len(v) for v in real_sets[: lo + batch_refs]))
+                 zip(real_refs[lo: lo + batch_refs], part, starts[lo: lo + batch_refs],
+                     strict=True)], model_id)
+            bar.advance(task, sum(len(v) for v in part))
         first = 0
         while total < n_chunks:
             tg = time.perf_counter()
@@ -201,7 +202,7 @@ def make_grown_catalog(path: Path, real_path: Path, n_chunks: int,
             bar.update(task, completed=min(total, n_chunks))
         st = cat.stats()
     info = {"data": f"real {real_path.name} + fitted distractors", "works": 0,
-            "real_chunks": int(sum(len(v) for v in real_sets)),
+            "real_chunks": int(real_total),
             "profile_real": real_profile, "profile_fitted": similarity_profile(made),
             "fitted_rho": stats.rho, **store_summary(path, st, t0, gen_s)}
     (path / "bench-store.json").write_text(json.dumps(info))
