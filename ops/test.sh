@@ -8,6 +8,6 @@ V="$ROOT/.venv/bin"
 echo "== ruff" >&2
 "$V/ruff" check streamcover consumers tests ops
 echo "== mypy" >&2
-"$V/mypy" streamcover consumers
+"$V/mypy" streamcover consumers ops
 echo "== pytest" >&2
 "$V/pytest" -q "$@"

@@ -126,7 +126,8 @@ class CatalogSettings(BaseModel):
     hnsw_ef_search: int = Field(128, ge=8)
     pq_m: int = Field(64, ge=1)
     # > 0: build the HNSW graph over the embeddings' top pca_dim principal directions
-    # (4x fewer bytes per graph step at 128 of 512); stage 1 re-scores exactly.
+    # (4x fewer bytes per graph step at 128 of 512); stage 1 re-scores exactly, unless
+    # stage 2 screens (below).
     pca_dim: int = Field(0, ge=0)
     # Stage 1: each query chunk's top_k nearest *distinct* references, looked for among its
     # top_k * stage1_fetch_factor nearest chunks (a nearby reference has several).
@@ -136,6 +137,15 @@ class CatalogSettings(BaseModel):
     # Approximate indexes (SQ8, PQ, pca_dim): fetch top_k x this by approximate similarity,
     # re-score exactly from the float16 store, keep top_k.
     stage1_refine: int = Field(4, ge=1)
+    # On a projected HNSW-flat snapshot (index "hnsw" with pca_dim > 0): screen stage-2
+    # candidates by MaxMean on the graph's own projected rows and score only the
+    # stage2_screen_leaders best exactly (stage 1 then skips its exact re-score).
+    stage2_screen: bool = True
+    # Stage 1 also takes the references whose centroids (normalised mean chunk vectors)
+    # are nearest the query's centroid: this many (0 = off). Needs a snapshot built by
+    # this version; older ones simply have none until the next build.
+    centroid_candidates: int = Field(100, ge=0)
+    stage2_screen_leaders: int = Field(64, ge=1)
     snapshot_poll_seconds: float = Field(5.0, gt=0)
 
 

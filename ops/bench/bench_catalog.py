@@ -11,7 +11,8 @@ cached under ``~/.cache/streamcover/bench/`` and reused across runs.
 
 ``--real SHS_NPZ`` uses real embeddings (SHS100K-TEST embedded by the shipped model) and
 real queries; ``--grow-to N`` adds distractors fitted to them up to N chunks (the
-realistic stand-in for catalogs larger than the real data).
+realistic stand-in for catalogs larger than the real data), or, for N below the real
+catalog's size, keeps a random subset of its references.
 
 Prints one JSON object per (size, kind) and a summary table; ``--out`` saves them.
 """
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from streamcover.catalog.index import (
+    CENTROID_FILES,
     IndexParams,
     SearchView,
     Snapshot,
@@ -36,7 +38,7 @@ from streamcover.catalog.index import (
     snapshot_root,
 )
 from streamcover.catalog.search import TwoStageSearcher
-from streamcover.catalog.store import Catalog, ReferenceInput
+from streamcover.catalog.store import CURRENT_FILE, Catalog, ReferenceInput, atomic_write_bytes
 from streamcover.catalog.synthetic import (
     FittedCorpus,
     SyntheticCorpus,
@@ -157,7 +159,8 @@ def make_grown_catalog(path: Path, real_path: Path, n_chunks: int,
                        batch_refs: int = 1000) -> dict[str, Any]:
     """The real catalog at ``real_path`` grown to about ``n_chunks`` with distractor
     references drawn from statistics fitted to it (``FittedCorpus``). The real references
-    (and so every query's true versions) are all kept; cached under ``path``."""
+    (and so every query's true versions) are all kept; cached under ``path``. Below the
+    real catalog's size, a random subset of its references instead."""
     if (path / "bench-store.json").exists():
         return dict(json.loads((path / "bench-store.json").read_text()))
     from rich.progress import Progress
@@ -172,6 +175,20 @@ def make_grown_catalog(path: Path, real_path: Path, n_chunks: int,
         real_sets = [real.ref_vectors(r.key, lay) for r in real_refs]
         starts = [lay.starts[lay.chunk_base[r.key]: lay.chunk_base[r.key] + lay.n_chunks[r.key]]
                   for r in real_refs]
+    subset = n_chunks < sum(len(v) for v in real_sets)
+    if subset:
+        # Smaller than the real catalog: a random subset of its references, no distractors.
+        order = np.random.default_rng(11).permutation(len(real_refs))
+        keep, have = [], 0
+        for i in order.tolist():
+            if have >= n_chunks:
+                break
+            keep.append(i)
+            have += len(real_sets[i])
+        keep.sort()
+        real_refs = [real_refs[i] for i in keep]
+        real_sets = [real_sets[i] for i in keep]
+        starts = [starts[i] for i in keep]
     tf = time.perf_counter()
     stats = fit_reference_stats(real_sets)
     corpus = FittedCorpus(stats, seed=11)
@@ -201,9 +218,11 @@ def make_grown_catalog(path: Path, real_path: Path, n_chunks: int,
             total += sum(len(r.vectors) for r in batch)
             bar.update(task, completed=min(total, n_chunks))
         st = cat.stats()
-    info = {"data": f"real {real_path.name} + fitted distractors", "works": 0,
+    info = {"data": (f"random references of real {real_path.name}" if subset
+                     else f"real {real_path.name} + fitted distractors"), "works": 0,
             "real_chunks": int(real_total),
-            "profile_real": real_profile, "profile_fitted": similarity_profile(made),
+            "profile_real": real_profile,
+            "profile_fitted": similarity_profile(made) if made else None,
             "fitted_rho": stats.rho, **store_summary(path, st, t0, gen_s)}
     (path / "bench-store.json").write_text(json.dumps(info))
     return info
@@ -224,6 +243,23 @@ def get_snapshot(path: Path, params: IndexParams,
     built_with: int | None = None
     if key in state and (snapshot_root(path) / state[key]).is_dir():
         snap = snapshot_root(path) / state[key]
+        files = json.loads((snap / "manifest.json").read_text())["files"]
+        if CENTROID_FILES[0] not in files:
+            # Cached from before centroids: an incremental build adds them (the chunk
+            # graph is reused as it is) and takes the cached snapshot's place.
+            t0 = time.perf_counter()
+            atomic_write_bytes(path / CURRENT_FILE, (snap.name + "\n").encode())
+            with Catalog.open(path, "r") as cat:
+                snap = build_snapshot(cat, params, incremental=True, keep=100)
+            build_s = json.loads((snapshot_root(path) / state[key] / "manifest.json").read_text())[
+                "build_seconds"]
+            manifest = json.loads((snap / "manifest.json").read_text())
+            manifest["build_seconds"] = build_s  # the graph's build, not the upgrade's
+            atomic_write_bytes(snap / "manifest.json", json.dumps(manifest, indent=1).encode())
+            print(f"# added centroids to cached snapshot in {time.perf_counter() - t0:.0f}s",
+                  file=sys.stderr, flush=True)
+            state[key] = snap.name
+            state_file.write_text(json.dumps(state))
     else:
         built_with = build_threads
         faiss.omp_set_num_threads(build_threads)
@@ -283,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fetch-factor", type=float, default=2.0,
                     help="chunk neighbours fetched per query chunk = K x this")
     ap.add_argument("--max-candidates", type=int, default=250)
+    ap.add_argument("--no-screen", action="store_true",
+                    help="stage 2 without projected screening (catalog.stage2_screen=false)")
+    ap.add_argument("--screen-leaders", type=int, default=64,
+                    help="references scored exactly after screening")
+    ap.add_argument("--centroids", type=int, default=100,
+                    help="references taken by centroid similarity (catalog.centroid_candidates)")
     ap.add_argument("--threads", type=int, default=1, help="faiss/torch threads for queries")
     ap.add_argument("--build-threads", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=default_cache_dir() / "bench")
@@ -294,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                          "unless --grow-to is given)")
     ap.add_argument("--grow-to", type=int, default=None, metavar="CHUNKS",
                     help="with --real: add distractor references drawn from statistics fitted "
-                         "to the real embeddings until the catalog has CHUNKS chunks")
+                         "to the real embeddings until the catalog has CHUNKS chunks (or, "
+                         "below the real size, keep random real references up to CHUNKS)")
     ap.add_argument("--checkpoint", type=Path, default=Path("models/streamcover-hpcp-compact.pt"))
     args = ap.parse_args(argv)
 
@@ -339,7 +382,10 @@ def main(argv: list[str] | None = None) -> int:
             index_bytes = (snap_path / "index.faiss").stat().st_size
             n = snap.manifest.n_vectors
             searcher = TwoStageSearcher(view, top_k=args.top_k, max_candidates=args.max_candidates,
-                                        refine=args.refine, fetch_factor=args.fetch_factor)
+                                        refine=args.refine, fetch_factor=args.fetch_factor,
+                                        screen=not args.no_screen,
+                                        screen_leaders=args.screen_leaders,
+                                        centroid_candidates=args.centroids)
             # Warm the page cache and metadata cache, then time.
             for q in queries[:20]:
                 searcher.search(q, starts)
@@ -353,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
                 a = time.perf_counter()
                 keys, _ = searcher.candidates(view, q)
                 b = time.perf_counter()
-                searcher.rerank(view, q, keys)
+                screen = searcher.screens(view)
+                searcher.rerank(view, q, keys, exact_top=searcher.leaders(10, screen),
+                                screen=screen)
                 s2t.append(time.perf_counter() - b)
                 s1t.append(b - a)
                 ncand.append(len(keys))
@@ -364,7 +412,10 @@ def main(argv: list[str] | None = None) -> int:
             recall: dict[str, Any] = {}
             for k in [int(x) for x in args.ks.split(",")]:
                 s = TwoStageSearcher(view, top_k=k, max_candidates=max(args.max_candidates, 5 * k),
-                                     refine=args.refine, fetch_factor=args.fetch_factor)
+                                     refine=args.refine, fetch_factor=args.fetch_factor,
+                                     screen=not args.no_screen,
+                                     screen_leaders=args.screen_leaders,
+                                     centroid_candidates=args.centroids)
                 r1, r10 = [], []
                 for q, ex in zip(queries[: args.recall_queries], ex_top, strict=True):
                     keys, scores = s.two_stage_scores(q)
@@ -381,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
                 "top_k": args.top_k,
                 "fetch_factor": args.fetch_factor,
                 "max_candidates": args.max_candidates,
+                "screened": searcher.screens(view),
+                "screen_leaders": args.screen_leaders,
+                "centroid_candidates": args.centroids,
                 "build_seconds": build_s,
                 # None: the snapshot was cached from an earlier run (threads not recorded).
                 "build_threads": built_with,

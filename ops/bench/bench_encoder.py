@@ -117,14 +117,14 @@ def make_variant(
     if name == "frozen":
         return script_for_inference(folded, example), nothing, False
     if name == "cl":
-        return folded.to(memory_format=torch.channels_last), nothing, True
+        return folded.to(memory_format=torch.channels_last), nothing, True  # type: ignore[call-overload]  # stubs omit memory_format
     if name == "bf16":
         return folded, (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), False
     if name == "bf16w":  # weights and activations stored in bf16, no autocast casts
         b16 = fold_for_inference(model).to(torch.bfloat16)
         return (lambda x: b16(x.to(torch.bfloat16)).float()), nothing, False
     if name == "bf16cl":
-        b16c = fold_for_inference(model).to(torch.bfloat16, memory_format=torch.channels_last)
+        b16c = fold_for_inference(model).to(torch.bfloat16, memory_format=torch.channels_last)  # type: ignore[call-overload]
         return (
             (
                 lambda x: b16c(

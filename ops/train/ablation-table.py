@@ -1,6 +1,6 @@
 """Print the ablation runs' validation figures as a markdown table.
 
-Reads ``<runs>/ablation-*/val_log.csv`` (written by ``streamcover train``) and prints, per
+Reads ``<runs>/ablation-*/val_log.csv`` and ``<runs>/recipe-*/val_log.csv`` (written by ``streamcover train``) and prints, per
 run, full-length and 30 s mAP at each validation step, the difference of the last one from
 ``ablation-base``, and the training time.
 
@@ -16,7 +16,8 @@ from pathlib import Path
 from streamcover.config import default_cache_dir
 
 ORDER = ["ablation-base", "ablation-base-seed2", "ablation-global-only", "ablation-no-ibn",
-         "ablation-no-bnneck", "ablation-avgpool", "ablation-maploss"]
+         "ablation-no-bnneck", "ablation-avgpool", "ablation-maploss", "recipe-wide",
+         "recipe-chunks"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=Path, default=default_cache_dir() / "runs")
     args = ap.parse_args(argv)
     rows: dict[str, list[dict[str, str]]] = {}
-    for run in sorted(args.runs.glob("ablation-*"), key=lambda p: (
+    runs = [*args.runs.glob("ablation-*"), *args.runs.glob("recipe-*")]
+    for run in sorted(runs, key=lambda p: (
             ORDER.index(p.name) if p.name in ORDER else len(ORDER), p.name)):
         log = run / "val_log.csv"
         if log.exists():

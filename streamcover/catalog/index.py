@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -32,6 +33,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from streamcover.catalog.centroids import (
+    CentroidIndex,
+    make_centroid_index,
+    projection_of,
+    query_centroid,
+    reference_centroids,
+)
+from streamcover.catalog.screen import ProjectedRows
 from streamcover.catalog.store import (
     CURRENT_FILE,
     SNAPSHOT_DIR,
@@ -186,6 +195,9 @@ class Snapshot:
     index: Any  # faiss.IndexHNSW*
     ref_keys: np.ndarray  # [n] int64
     ordinals: np.ndarray  # [n] int32
+    # One vector per reference (streamcover.catalog.centroids); None in snapshots built
+    # before centroids existed.
+    centroids: CentroidIndex | None = None
 
     @classmethod
     def load(cls, path: Path, *, verify: bool = True, ef_search: int | None = None) -> Snapshot:
@@ -225,7 +237,23 @@ class Snapshot:
             )
         if ef_search is not None:
             hnsw_of(index).efSearch = ef_search
-        return cls(path, manifest, index, ref_keys, ordinals)
+        centroids = None
+        if CENTROID_FILES[0] in manifest.files:
+            try:
+                cindex = faiss.read_index(str(path / CENTROID_FILES[0]))
+            except RuntimeError as exc:
+                raise CatalogCorruptError(f"snapshot centroids {path / CENTROID_FILES[0]}: {exc}") from exc
+            ckeys = np.load(path / CENTROID_FILES[1])
+            if cindex.ntotal != ckeys.shape[0]:
+                raise CatalogCorruptError(
+                    f"snapshot {path}: centroid index has {cindex.ntotal} vectors, "
+                    f"its key map {ckeys.shape[0]}"
+                )
+            centroids = CentroidIndex(cindex, ckeys)
+        return cls(path, manifest, index, ref_keys, ordinals, centroids)
+
+
+CENTROID_FILES = ("centroids.faiss", "centroid_keys.npy")
 
 
 def _file_crc(path: Path) -> int:
@@ -308,11 +336,15 @@ def build_snapshot(
                 cand = None
             if cand is not None and _can_extend(cand, params, catalog, layout):
                 prev = cand
+        cindex: Any = None
+        ckey_parts: list[np.ndarray] = []
         if prev is not None:
             index = prev.index
             keys_parts = [prev.ref_keys]
             ord_parts = [prev.ordinals]
             new_keys = layout.keys[layout.added_version[layout.keys] > prev.manifest.store_version]
+            if prev.centroids is not None:
+                cindex, ckey_parts = prev.centroids.index, [prev.centroids.keys]
         else:
             index = None
             keys_parts, ord_parts = [], []
@@ -326,14 +358,27 @@ def build_snapshot(
             if not index.is_trained:
                 index.train(sample)
         hnsw_of(index).efConstruction = params.ef_construction
+        if cindex is None:
+            cindex = make_centroid_index(dim, params.m, params.ef_construction, projection_of(index))
+            if prev is not None:
+                # A snapshot from before centroids: give its references theirs once.
+                old = np.setdiff1d(layout.keys, new_keys)
+                for vecs, keys, _ in catalog.iter_live_vectors(layout, old, batch_rows=16384):
+                    ck, cv = reference_centroids(vecs, keys)
+                    cindex.add(cv)
+                    ckey_parts.append(ck)
         done = 0
         for vecs, keys, ords in catalog.iter_live_vectors(layout, new_keys, batch_rows=16384):
             index.add(vecs)
             keys_parts.append(keys)
             ord_parts.append(ords)
+            ck, cv = reference_centroids(vecs, keys)
+            cindex.add(cv)
+            ckey_parts.append(ck)
             done += vecs.shape[0]
             if progress is not None:
                 progress(done, n_new)
+        centroid_keys = np.concatenate(ckey_parts) if ckey_parts else np.zeros(0, np.int64)
         ref_keys = np.concatenate(keys_parts) if keys_parts else np.zeros(0, np.int64)
         ordinals = np.concatenate(ord_parts) if ord_parts else np.zeros(0, np.int32)
         hnsw_of(index).efSearch = params.ef_search
@@ -345,8 +390,10 @@ def build_snapshot(
             faiss.write_index(index, str(tmp / "index.faiss"))
             np.save(tmp / "ref_keys.npy", ref_keys.astype(np.int64))
             np.save(tmp / "ordinals.npy", ordinals.astype(np.int32))
+            faiss.write_index(cindex, str(tmp / CENTROID_FILES[0]))
+            np.save(tmp / CENTROID_FILES[1], centroid_keys.astype(np.int64))
             files = {}
-            for f in ("index.faiss", "ref_keys.npy", "ordinals.npy"):
+            for f in ("index.faiss", "ref_keys.npy", "ordinals.npy", *CENTROID_FILES):
                 fp = tmp / f
                 _fsync_file(fp)
                 files[f] = {"bytes": fp.stat().st_size, "crc32": _file_crc(fp)}
@@ -512,6 +559,7 @@ class SearchView:
         self._delta: Any = None
         self._delta_ref = np.zeros(0, np.int64)
         self._delta_ord = np.zeros(0, np.int32)
+        self._delta_centroids: np.ndarray | None = None
         if delta_keys.size:
             vecs, rk, od = [], [], []
             for k in delta_keys:
@@ -523,6 +571,7 @@ class SearchView:
             self._delta.add(np.concatenate(vecs))
             self._delta_ref = np.concatenate(rk)
             self._delta_ord = np.concatenate(od)
+            _, self._delta_centroids = reference_centroids(np.concatenate(vecs), self._delta_ref)
 
     # -------------------------------------------------------------- construction
 
@@ -598,6 +647,14 @@ class SearchView:
         n = self.layout.n_chunks
         return 0 <= key < n.shape[0] and n[key] > 0
 
+    @functools.cached_property
+    def projected(self) -> ProjectedRows | None:
+        """The snapshot's projected rows for stage-2 screening (projected HNSW-flat
+        snapshots only; built on first use, a view of the index's own storage)."""
+        if self.snapshot is None:
+            return None
+        return ProjectedRows.of(self.snapshot, self.layout.n_chunks.shape[0])
+
     @property
     def compressed(self) -> bool:
         """Whether the snapshot's similarities are approximate (compressed or projected)."""
@@ -627,14 +684,17 @@ class SearchView:
         out.reshape(-1)[ok] = sims
         return out
 
-    def stage1(self, queries: np.ndarray, k: int, refine: int = 1) -> Stage1Result:
+    def stage1(self, queries: np.ndarray, k: int, refine: int = 1,
+               exact: bool = True) -> Stage1Result:
         """Top-k live neighbours of each query row across snapshot and delta.
 
         For approximate snapshots (SQ8, PQ, or projected by ``pca_dim``), ``k * refine``
         neighbours are fetched by approximate similarity and re-scored exactly from the
         float16 store before the top k are kept: PQ's coarse distances alone lose
         many true neighbours, the store already holds the exact vectors, and exact
-        similarities rank consistently with the delta index's.
+        similarities rank consistently with the delta index's. ``exact=False`` keeps
+        the index's own similarities (for a caller that screens in the projected space
+        and scores its leaders exactly later).
         """
         import faiss
 
@@ -643,7 +703,8 @@ class SearchView:
         sims_parts, key_parts, ord_parts = [], [], []
         if self.snapshot is not None and self.snapshot.index.ntotal:
             idx = self.snapshot.index
-            fetch = k * refine if self.compressed else k
+            rescore = exact and self.compressed
+            fetch = k * refine if rescore else k
             kk = min(fetch, idx.ntotal)
             ef = max(hnsw_of(idx).efSearch, kk)
             hp = (fa.SearchParametersHNSW(sel=self._selector, efSearch=ef)
@@ -657,7 +718,7 @@ class SearchView:
             ii = np.where(valid, i, 0)
             keys = np.where(valid, self.snapshot.ref_keys[ii], -1)
             ords = self.snapshot.ordinals[ii]
-            if self.compressed:
+            if rescore:
                 d = self.exact_sims(queries, keys, ords)
                 top = np.argsort(-d, axis=1, kind="stable")[:, :k]
                 d = np.take_along_axis(d, top, 1)
@@ -684,6 +745,26 @@ class SearchView:
             keys = np.take_along_axis(keys, order, 1)
             ords = np.take_along_axis(ords, order, 1)
         return Stage1Result(sims.astype(np.float32), keys.astype(np.int64), ords.astype(np.int32))
+
+    def centroid_candidates(self, queries: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``r`` live references whose centroids are nearest the query's centroid
+        (snapshot graph plus the delta's, searched exactly): (keys, similarities), best
+        first. Empty when the snapshot predates centroids and there is no delta."""
+        qc = query_centroid(queries)
+        parts_k, parts_s = [], []
+        if self.snapshot is not None and self.snapshot.centroids is not None:
+            k, sims = self.snapshot.centroids.search(qc, r, self.layout.n_chunks)
+            parts_k.append(k)
+            parts_s.append(sims)
+        if self._delta_centroids is not None:
+            parts_k.append(self.delta_keys)
+            parts_s.append((self._delta_centroids @ qc[0]).astype(np.float32))
+        if not parts_k:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        keys = np.concatenate(parts_k)
+        sims = np.concatenate(parts_s)
+        top = np.argsort(-sims, kind="stable")[:r]
+        return keys[top], sims[top]
 
     def metadata(self, keys: list[int]) -> dict[int, dict[str, Any]]:
         """Reference metadata by key (cached; read from SQLite on first use)."""

@@ -2,7 +2,8 @@
 
 Stage 1: each query chunk's K nearest distinct references (K=50) in the HNSW graph,
 found among its ``K * fetch_factor`` nearest chunks; their union is the candidate
-set, ranked by best neighbour similarity and capped at ``max_candidates``. Stage 2:
+set, ranked by best neighbour similarity and capped at ``max_candidates``; the
+references whose centroids are nearest the query's centroid join it. Stage 2:
 MaxMean between the query's chunks and each candidate's full chunk set, as one
 float16 similarity matrix over the candidates' concatenated chunks and per-reference
 ``reduceat`` maxima (the same value ``streamcover.model.maxmean`` defines); for the
@@ -94,8 +95,14 @@ class TwoStageSearcher:
         fetch_factor: float = 2.0,
         model_id: str | None = None,
         device: str = "cpu",
+        screen: bool = True,
+        screen_leaders: int = 64,
+        centroid_candidates: int = 100,
     ) -> None:
         self._source = source
+        self.centroid_candidates = centroid_candidates
+        self.screen = screen
+        self.screen_leaders = screen_leaders
         self.refine = refine
         self.top_k = top_k
         self.fetch_factor = fetch_factor
@@ -127,7 +134,9 @@ class TwoStageSearcher:
         else:
             source = SearchView.open(path, ef_search=s.hnsw_ef_search, verify=verify)
         return cls(source, top_k=s.top_k, max_candidates=s.max_candidates, refine=s.stage1_refine,
-                   fetch_factor=s.stage1_fetch_factor, model_id=model_id)
+                   fetch_factor=s.stage1_fetch_factor, model_id=model_id,
+                   screen=s.stage2_screen, screen_leaders=s.stage2_screen_leaders,
+                   centroid_candidates=s.centroid_candidates)
 
     @property
     def view(self) -> SearchView:
@@ -166,6 +175,10 @@ class TwoStageSearcher:
 
     # ------------------------------------------------------------------ stage 1
 
+    def screens(self, view: SearchView) -> bool:
+        """Whether stage 2 screens in the snapshot's projected space (see ``catalog.screen``)."""
+        return self.screen and view.projected is not None
+
     @property
     def fetch(self) -> int:
         """Chunk neighbours fetched per query chunk to find ``top_k`` distinct references."""
@@ -179,7 +192,9 @@ class TwoStageSearcher:
         reference near the query has several neighbouring chunks (its chunks overlap in
         time), so K chunk neighbours alone would name far fewer than K references.
         With ``chunk_ids`` and a ``memo``, chunks already searched on this view are not
-        searched again.
+        searched again. Then the ``centroid_candidates`` references whose centroids are
+        nearest the query's (``streamcover.catalog.centroids``) join the set, after the
+        chunk candidates and with a NaN similarity when stage 1 proper did not reach them.
         """
         rows: list[tuple[np.ndarray, np.ndarray] | None] = [None] * q.shape[0]
         todo = list(range(q.shape[0]))
@@ -193,7 +208,7 @@ class TwoStageSearcher:
                 if rows[i] is None:
                     todo.append(i)
         if todo:
-            s1 = view.stage1(q[todo], self.fetch, self.refine)
+            s1 = view.stage1(q[todo], self.fetch, self.refine, exact=not self.screens(view))
             for i, keys, sims in zip(todo, s1.ref_keys, s1.sims, strict=True):
                 ok = keys >= 0
                 row = _first_distinct(keys[ok], sims[ok], self.top_k)
@@ -201,12 +216,20 @@ class TwoStageSearcher:
                 if memo is not None and chunk_ids is not None:
                     memo.put(chunk_ids[i], row)
         found = [r for r in rows if r is not None]
-        if not found or not sum(r[0].size for r in found):
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        keys = np.concatenate([r[0] for r in found])
-        sims = np.concatenate([r[1] for r in found])
-        order = np.argsort(-sims, kind="stable")
-        return _first_distinct(keys[order], sims[order], self.max_candidates)
+        if found and sum(r[0].size for r in found):
+            keys = np.concatenate([r[0] for r in found])
+            sims = np.concatenate([r[1] for r in found])
+            order = np.argsort(-sims, kind="stable")
+            keys, sims = _first_distinct(keys[order], sims[order], self.max_candidates)
+        else:
+            keys, sims = np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if self.centroid_candidates > 0:
+            # References reached through their centroid only carry a NaN stage-1 similarity.
+            ck, _ = view.centroid_candidates(q, self.centroid_candidates)
+            extra = ck[~np.isin(ck, keys)]
+            keys = np.concatenate([keys, extra])
+            sims = np.concatenate([sims, np.full(extra.size, np.nan, np.float32)])
+        return keys, sims
 
     # ------------------------------------------------------------------ stage 2
 
@@ -255,7 +278,8 @@ class TwoStageSearcher:
 
     def rerank(self, view: SearchView, q: np.ndarray, keys: np.ndarray,
                block_rows: int = 65536, exact_top: int = 32,
-               alignments: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
+               alignments: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+               screen: bool = False) -> np.ndarray:
         """MaxMean of the query against each reference in ``keys`` -> scores ``[R]``.
 
         One similarity matrix per block of references (about ``block_rows`` chunks),
@@ -263,22 +287,40 @@ class TwoStageSearcher:
         reference with fewer chunks than the query is scored reference-to-query. The
         ``exact_top`` best are re-scored in float32; when ``alignments`` is given, it
         receives their alignments (as :meth:`align` computes them) from the same matrix.
+
+        The screening pass runs in float16 over the full dimension, or, with ``screen``
+        on a projected snapshot, in float32 over its projected rows. Then only the
+        leaders' scores are exact: the others keep their screening score, capped just
+        below the weakest leader's, so that sorting the scores puts the leaders first.
         """
         m = q.shape[0]
         scores = np.zeros(keys.shape[0], np.float32)
+        proj = view.projected if screen else None
+        qp = proj.project(q) if proj is not None else None
         lengths_all = view.layout.n_chunks[keys].astype(np.int64)
         i = 0
         while i < keys.size:
             total = np.cumsum(lengths_all[i:])
             j = i + max(1, int(np.searchsorted(total, block_rows, side="right")))
-            rows, lengths = self._gather(view, keys[i:j])
-            scores[i:j] = self._maxmean(self._sims(rows, q), lengths, m)
+            if proj is not None and qp is not None:
+                rows, lengths = proj.gather(view.layout, view.segments, keys[i:j])
+                sims = rows @ qp.T
+            else:
+                rows16, lengths = self._gather(view, keys[i:j])
+                sims = self._sims(rows16, q)
+            scores[i:j] = self._maxmean(sims, lengths, m)
             i = j
         if exact_top > 0 and keys.size:
             lead = np.argsort(-scores, kind="stable")[:exact_top]
-            rows, lengths = self._gather(view, keys[lead])
-            sims = self._sims(rows, q, exact=True)
-            scores[lead] = self._maxmean(sims, lengths, m)
+            rows16, lengths = self._gather(view, keys[lead])
+            sims = self._sims(rows16, q, exact=True)
+            exact = self._maxmean(sims, lengths, m)
+            if proj is not None and lead.size < keys.size:
+                rest = np.ones(keys.size, bool)
+                rest[lead] = False
+                floor = np.nextafter(np.float32(exact.min()), np.float32(-np.inf))
+                scores[rest] = np.minimum(scores[rest], floor)
+            scores[lead] = exact
             if alignments is not None:
                 lo = 0
                 for k, n in zip(keys[lead].tolist(), lengths.tolist(), strict=True):
@@ -321,7 +363,9 @@ class TwoStageSearcher:
         else:
             keys, s1 = self.candidates(view, q, chunk_ids, memo)
         aligned: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        scores = self.rerank(view, q, keys, exact_top=max(32, 2 * top_n), alignments=aligned)
+        screen = not exhaustive and self.screens(view)
+        scores = self.rerank(view, q, keys, exact_top=self.leaders(top_n, screen),
+                             alignments=aligned, screen=screen)
         order = np.argsort(-scores, kind="stable")[:top_n]
         meta = view.metadata([int(keys[i]) for i in order])
         hits = []
@@ -356,7 +400,12 @@ class TwoStageSearcher:
         view = self.view
         q, _ = self._prepare(view, query_vectors, np.zeros(len(query_vectors)), model_id)
         keys, _ = self.candidates(view, q)
-        return keys, self.rerank(view, q, keys)
+        screen = self.screens(view)
+        return keys, self.rerank(view, q, keys, exact_top=self.leaders(10, screen), screen=screen)
+
+    def leaders(self, top_n: int, screen: bool) -> int:
+        """How many screened references are re-scored exactly."""
+        return max(self.screen_leaders if screen else 32, 2 * top_n)
 
 
 def _first_distinct(keys: np.ndarray, sims: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:

@@ -186,6 +186,8 @@ def similarity_profile(refs: Sequence[np.ndarray], pairs: int = 20000,
     and the share of variance in the top 10 / 50 principal directions."""
     rng = np.random.default_rng(seed)
     sets = [np.asarray(r, dtype=np.float32) for r in refs if len(r)]
+    if len(sets) < 2:
+        raise ValueError(f"similarity_profile needs at least 2 non-empty references, got {len(sets)}")
     a = rng.integers(0, len(sets), pairs)
     b = rng.integers(0, len(sets), pairs)
     keep = a != b

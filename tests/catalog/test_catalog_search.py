@@ -106,7 +106,8 @@ def test_recall_against_exhaustive(make_catalog: Callable[..., Path],
     assert np.mean(r1) == 1.0
     assert np.mean(r10) >= 0.95
     # A tiny K must lose some of the exhaustive top-10 (the measurement can fail).
-    s_small = TwoStageSearcher(SearchView.open(path), top_k=1, max_candidates=250)
+    s_small = TwoStageSearcher(SearchView.open(path), top_k=1, max_candidates=250,
+                               centroid_candidates=0)
     q, _ = corpus.query(0, 5, seed=0)
     ek, es = s.exhaustive_scores(q)
     tk, _ = s_small.two_stage_scores(q)
@@ -225,6 +226,70 @@ def test_projected_index_finds_the_reference_and_extends(
     view.close()
 
 
+def test_screening_on_projected_rows(
+    make_catalog: Callable[..., Path], refs: list[SyntheticRef]
+) -> None:
+    """Stage 2 screens on the projected HNSW-flat rows and scores its leaders exactly:
+    the hits are those of unscreened search, with exact scores; delta references (not in
+    the snapshot) are projected on the fly."""
+    params = IndexParams("hnsw", m=16, ef_construction=64, ef_search=64, pca_dim=16)
+    path = make_catalog(n=80, params=params)
+    view = SearchView.open(path)
+    proj = view.projected
+    assert proj is not None and proj.rows.shape == (view.n_chunks, 16)
+    keys = view.layout.keys[[0, 17, 79]]
+    rows, lengths = proj.gather(view.layout, view.segments, keys)
+    want = np.concatenate([proj.project(view.ref_vectors(int(k))) for k in keys])
+    np.testing.assert_allclose(rows, want, atol=2e-3)
+    assert lengths.tolist() == [int(view.layout.n_chunks[k]) for k in keys]
+    screened = TwoStageSearcher(view, top_k=30, screen_leaders=12)
+    wide = TwoStageSearcher(view, top_k=30, screen_leaders=40)
+    plain = TwoStageSearcher(view, top_k=30, screen=False)
+    assert screened.screens(view) and not plain.screens(view)
+    for i in (5, 40, 66):
+        q = _query_from(refs[i], 1, 4)
+        a = screened.search(q, np.arange(4) * 10.0, top_n=5)
+        b = plain.search(q, np.arange(4) * 10.0, top_n=5)
+        c = wide.search(q, np.arange(4) * 10.0, top_n=5)
+        assert a[0].reference_id == b[0].reference_id == refs[i].id
+        # Every reported score is exact, screened or not.
+        by_key = {h.ref_key: h.score for h in b}
+        for h in a:
+            if h.ref_key in by_key:
+                assert h.score == pytest.approx(by_key[h.ref_key], abs=1e-5)
+        # With enough leaders the screened ranking is the unscreened one.
+        assert [h.ref_key for h in c] == [h.ref_key for h in b]
+        # Leaders are exact and sort first; the rest are capped below the weakest leader.
+        ck, cs = screened.two_stage_scores(q)
+        ek = view.layout.keys
+        es = screened.rerank(view, q, ek, exact_top=ek.size)
+        top = np.argsort(-cs, kind="stable")
+        lead, rest = top[:20], top[20:]
+        np.testing.assert_allclose(cs[lead], es[np.searchsorted(ek, ck[lead])], atol=1e-5)
+        assert rest.size and cs[rest].max() < cs[lead].min()
+    view.close()
+    # References added after the snapshot are searched (delta) and screened by projecting
+    # their float16 rows.
+    with Catalog.open(path, "a") as cat:
+        cat.add_references([as_input(r) for r in refs[80:84]], MODEL)
+    view = SearchView.open(path)
+    assert view.delta_keys.size == 4 and view.projected is not None
+    hits = TwoStageSearcher(view, top_k=30, screen_leaders=12).search(
+        _query_from(refs[82], 0, 3), np.zeros(3))
+    assert hits[0].reference_id == refs[82].id
+    ek, es = TwoStageSearcher(view).exhaustive_scores(_query_from(refs[82], 0, 3))
+    assert hits[0].score == pytest.approx(float(es.max()), abs=1e-5)
+    view.close()
+
+
+def test_compressed_snapshots_do_not_screen(make_catalog: Callable[..., Path]) -> None:
+    """SQ8 storage holds codes, not rows: stage 2 stays on the float16 store."""
+    params = IndexParams("hnsw_sq8", m=16, ef_construction=64, ef_search=64, pca_dim=16)
+    view = SearchView.open(make_catalog(n=30, params=params))
+    assert view.projected is None and not TwoStageSearcher(view).screens(view)
+    view.close()
+
+
 def test_projection_must_be_smaller_than_the_embedding(
     make_catalog: Callable[..., Path],
 ) -> None:
@@ -288,7 +353,11 @@ def test_stage1_keeps_k_distinct_references_per_chunk(
     s = TwoStageSearcher(view, top_k=10, fetch_factor=4.0, max_candidates=1000)
     keys, sims = s.candidates(view, q)
     assert len(set(keys.tolist())) == len(keys)
-    assert np.all(np.diff(sims) <= 0)
+    # Chunk candidates best first, then those reached by centroid only (NaN).
+    reached = ~np.isnan(sims)
+    n_reached = int(reached.sum())
+    assert n_reached and reached[:n_reached].all()
+    assert np.all(np.diff(sims[reached]) <= 0)
     # Each chunk's 10 nearest distinct references are all candidates; with plain chunk
     # neighbours (fetch = K) the same chunk names fewer distinct references.
     rows = view.stage1(q, s.fetch)
@@ -345,9 +414,9 @@ def test_stage1_memo_searches_only_new_chunks(
     view = watcher.current()
     real = view.stage1
 
-    def counting(queries: np.ndarray, k: int, refine: int = 1):  # type: ignore[no-untyped-def]
+    def counting(queries: np.ndarray, k: int, refine: int = 1, exact: bool = True):  # type: ignore[no-untyped-def]
         calls.append(queries.shape[0])
-        return real(queries, k, refine)
+        return real(queries, k, refine, exact)
 
     view.stage1 = counting  # type: ignore[method-assign]
     for n in range(1, 7):

@@ -48,6 +48,8 @@ def test_fitted_corpus_reproduces_the_real_statistics() -> None:
     # Isotropic synthetic works do not look like this data: the check can fail.
     iso = [r.vectors for r in SyntheticCorpus(SyntheticSpec(dim=64)).references(300)]
     assert similarity_profile(iso)["var_top10"] < 0.6
+    with pytest.raises(ValueError, match="at least 2"):
+        similarity_profile([real[0], np.zeros((0, 64), np.float32)])
 
 
 def test_fitted_batches_are_deterministic_unit_rows() -> None:
