@@ -153,7 +153,8 @@ class MatchSettings(BaseModel):
     """When accumulated evidence becomes a match event."""
 
     # Calibrated with `ops/bench/bench_monitor.py --calibrate --works 12` on the shipped model
-    # (docs/monitor.md): at 0.68 all 58 covers passed and none of 118 unrelated decisions.
+    # (docs/monitor.md): at 0.68 all 58 covers passed and none of 118 unrelated decisions
+    # (re-measured for each shipped model; last for streamcover-hpcp-compact-inv-3e5a4ff1f4ac).
     threshold: float = Field(0.68, ge=-1, le=1)
     # Hysteresis: an open match is closed only when the score drops below this.
     release_threshold: float = Field(0.58, ge=-1, le=1)

@@ -350,7 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         t = time.perf_counter()
         if args.real:
-            cpath = args.cache / f"catalog-real-{args.checkpoint.stem}"
+            from streamcover.model.checkpoint import load_checkpoint
+
+            # Keyed by model id: a new shipped model must not reuse the last one's embeddings.
+            cpath = args.cache / f"catalog-real-{load_checkpoint(args.checkpoint).model_id}"
             store, queries = make_real_catalog(cpath, args.real, args.checkpoint,
                                                max(args.queries, args.recall_queries))
             if args.grow_to:

@@ -21,8 +21,11 @@ keyed by the file's path, size and mtime, the segment and the front-end.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,16 +119,29 @@ def compute_features(entry: ManifestEntry, frontend: FrontEnd, cache_dir: Path |
     if cache_dir is not None:
         cached = cache_dir / frontend.name / f"{feature_cache_key(entry, frontend)}.npy"
         if cached.is_file():
-            return np.load(cached)
+            try:
+                return np.load(cached)
+            except (OSError, ValueError, EOFError) as exc:
+                # Unreadable (e.g. a disk fault): recompute and replace it, never trust it.
+                log.warning("feature cache entry unreadable; recomputing", path=str(cached),
+                            error=str(exc))
     wave = load_audio(entry.path, frontend.sample_rate,
                       max_seconds=entry.end if entry.end is not None else None)
     wave = wave[round(entry.start * frontend.sample_rate):]
     feat = np.asarray(frontend.features(wave), dtype=np.float16)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npy")
-        np.save(tmp, feat)
-        tmp.replace(cached)
+        # A private temporary name: processes that compute the same entry at once (two
+        # evaluations sharing a cache) each rename a whole file; the last one wins.
+        fd, tmp = tempfile.mkstemp(prefix=f".{cached.stem}.", suffix=".tmp", dir=cached.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, feat)
+            os.replace(tmp, cached)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     return feat
 
 

@@ -8,7 +8,14 @@ import pytest
 import soundfile as sf
 from train_helpers import TINY_ENCODER
 
-from streamcover.train.manifest import ManifestError, manifest_tracks, read_manifest
+from streamcover.audio.frontend import make_frontend
+from streamcover.config import FrontEndSettings
+from streamcover.train.manifest import (
+    ManifestError,
+    compute_features,
+    manifest_tracks,
+    read_manifest,
+)
 from streamcover.train.shs import ShsData
 from streamcover.train.tracks import TrackSet
 
@@ -88,6 +95,28 @@ def test_features_through_the_frontend_are_cached_and_bad_audio_is_reported(
     np.testing.assert_array_equal(again.feature(1), tracks.feature(1))
     with pytest.raises(ManifestError, match="none of the 1"):
         manifest_tracks([entries[3]], "hpcp", cache_dir=cache)
+
+
+def test_feature_cache_survives_concurrent_writers_and_corrupt_entries(tmp_path: Path) -> None:
+    """Two evaluations sharing a cache once lost a recording: both wrote the same fixed
+    temporary name and the slower rename failed. Each writer now renames its own file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _melody(tmp_path / "a.wav", [60, 64, 67, 72])
+    (tmp_path / "m.csv").write_text("work,path\nA,a.wav\n")
+    entry = read_manifest(tmp_path / "m.csv")[0]
+    fe = make_frontend(FrontEndSettings(name="hpcp"))
+    cache = tmp_path / "cache"
+    with ThreadPoolExecutor(4) as pool:
+        feats = list(pool.map(lambda _: compute_features(entry, fe, cache), range(8)))
+    for f in feats[1:]:
+        np.testing.assert_array_equal(f, feats[0])
+    files = sorted(p.name for p in (cache / "hpcp").iterdir())
+    assert len(files) == 1 and files[0].endswith(".npy")  # no temporary file left behind
+    # A corrupt cache entry is recomputed and replaced, not returned or fatal.
+    (cache / "hpcp" / files[0]).write_bytes(b"\x93NUMPY garbage")
+    np.testing.assert_array_equal(compute_features(entry, fe, cache), feats[0])
+    np.testing.assert_array_equal(np.load(cache / "hpcp" / files[0]), feats[0])
 
 
 def _two_work_manifest(tmp_path: Path) -> Path:
