@@ -59,17 +59,6 @@ def make_centroid_index(dim: int, m: int, ef_construction: int, projection: np.n
     return fa.IndexPreTransform(lt, idx)
 
 
-def projection_of(chunk_index: Any) -> np.ndarray | None:
-    """The ``[p, D]`` projection of a projected chunk index, or None."""
-    import faiss
-
-    if not isinstance(chunk_index, faiss.IndexPreTransform):
-        return None
-    chain: Any = chunk_index.chain  # a SWIG vector; the stubs call it a list
-    lt: Any = faiss.downcast_VectorTransform(chain.at(0))
-    return faiss.vector_to_array(lt.A).reshape(lt.d_out, lt.d_in).astype(np.float32)
-
-
 @dataclass
 class CentroidIndex:
     """One unit vector per reference in an HNSW graph; ``keys[i]`` is row i's reference."""

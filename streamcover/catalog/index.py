@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import os
 import shutil
@@ -36,11 +35,10 @@ import numpy as np
 from streamcover.catalog.centroids import (
     CentroidIndex,
     make_centroid_index,
-    projection_of,
     query_centroid,
     reference_centroids,
 )
-from streamcover.catalog.screen import ProjectedRows
+from streamcover.catalog.screen import ProjectedRows, projection_of
 from streamcover.catalog.store import (
     CURRENT_FILE,
     SNAPSHOT_DIR,
@@ -198,6 +196,9 @@ class Snapshot:
     # One vector per reference (streamcover.catalog.centroids); None in snapshots built
     # before centroids existed.
     centroids: CentroidIndex | None = None
+    # Stage-2 screening rows (projected HNSW-flat snapshots only), built when the snapshot
+    # loads, off the query path; shared by every view of the snapshot.
+    projected: ProjectedRows | None = None
 
     @classmethod
     def load(cls, path: Path, *, verify: bool = True, ef_search: int | None = None) -> Snapshot:
@@ -250,7 +251,8 @@ class Snapshot:
                     f"its key map {ckeys.shape[0]}"
                 )
             centroids = CentroidIndex(cindex, ckeys)
-        return cls(path, manifest, index, ref_keys, ordinals, centroids)
+        return cls(path, manifest, index, ref_keys, ordinals, centroids,
+                   ProjectedRows.of(index, ref_keys, ordinals))
 
 
 CENTROID_FILES = ("centroids.faiss", "centroid_keys.npy")
@@ -647,13 +649,11 @@ class SearchView:
         n = self.layout.n_chunks
         return 0 <= key < n.shape[0] and n[key] > 0
 
-    @functools.cached_property
+    @property
     def projected(self) -> ProjectedRows | None:
         """The snapshot's projected rows for stage-2 screening (projected HNSW-flat
-        snapshots only; built on first use, a view of the index's own storage)."""
-        if self.snapshot is None:
-            return None
-        return ProjectedRows.of(self.snapshot, self.layout.n_chunks.shape[0])
+        snapshots only; a view of the index's own storage)."""
+        return None if self.snapshot is None else self.snapshot.projected
 
     @property
     def compressed(self) -> bool:

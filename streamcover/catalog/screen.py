@@ -16,8 +16,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from streamcover.catalog.index import Snapshot
     from streamcover.catalog.store import RefLayout
+
+
+def projection_of(index: Any) -> np.ndarray | None:
+    """The ``[p, D]`` projection of a projected (``pca_dim``) index, or None."""
+    import faiss
+
+    if not isinstance(index, faiss.IndexPreTransform):
+        return None
+    chain: Any = index.chain  # a SWIG vector; the stubs call it a list
+    if chain.size() != 1:
+        return None
+    lt: Any = faiss.downcast_VectorTransform(chain.at(0))
+    return faiss.vector_to_array(lt.A).reshape(lt.d_out, lt.d_in).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -38,19 +50,16 @@ class ProjectedRows:
     index: Any  # keeps the faiss storage alive
 
     @classmethod
-    def of(cls, snapshot: Snapshot, n_keys: int) -> ProjectedRows | None:
-        """The projected rows of ``snapshot``, or None if it is not a projected HNSW-flat
-        index (SQ8/PQ storage holds codes, not rows)."""
+    def of(cls, index: Any, ref_keys: np.ndarray, ordinals: np.ndarray) -> ProjectedRows | None:
+        """The projected rows of a snapshot's ``index`` (rows mapped to ``ref_keys`` /
+        ``ordinals``), or None if it is not a projected HNSW-flat index (SQ8/PQ storage
+        holds codes, not rows). Built once per snapshot when it loads."""
         import faiss
 
-        idx = snapshot.index
-        if not isinstance(idx, faiss.IndexPreTransform):
+        matrix = projection_of(index)
+        if matrix is None:
             return None
-        chain: Any = idx.chain  # a SWIG vector; the stubs call it a list
-        if chain.size() != 1:
-            return None
-        lt: Any = faiss.downcast_VectorTransform(chain.at(0))
-        inner: Any = faiss.downcast_index(idx.index)
+        inner: Any = faiss.downcast_index(index.index)
         if not isinstance(inner, faiss.IndexHNSWFlat):
             return None
         storage: Any = faiss.downcast_index(inner.storage)
@@ -58,19 +67,21 @@ class ProjectedRows:
         if n == 0:
             return None
         rows = faiss.rev_swig_ptr(storage.get_xb(), n * p).reshape(n, p)
-        matrix = faiss.vector_to_array(lt.A).reshape(lt.d_out, lt.d_in).astype(np.float32)
-        keys, ords = snapshot.ref_keys, snapshot.ordinals
-        order: np.ndarray | None = np.lexsort((ords, keys))
-        if order is not None and np.array_equal(order, np.arange(n)):
-            order = None
+        keys, ords = ref_keys, ordinals
+        # Builds write references whole and in key order; only check that (O(n)) and sort
+        # only when it does not hold.
+        grouped = bool(np.all((keys[1:] > keys[:-1])
+                              | ((keys[1:] == keys[:-1]) & (ords[1:] == ords[:-1] + 1))))
+        order = None if grouped else np.lexsort((ords, keys))
         sorted_keys = keys if order is None else keys[order]
-        uniq, first, counts = np.unique(sorted_keys, return_index=True, return_counts=True)
-        size = max(n_keys, int(uniq.max()) + 1 if uniq.size else 0)
-        ref_start = np.full(size, -1, np.int64)
-        ref_len = np.zeros(size, np.int64)
+        first = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        counts = np.diff(np.r_[first, n])
+        uniq = sorted_keys[first]
+        ref_start = np.full(int(uniq.max()) + 1, -1, np.int64)
+        ref_len = np.zeros(int(uniq.max()) + 1, np.int64)
         ref_start[uniq] = first
         ref_len[uniq] = counts
-        return cls(matrix, rows, ref_start, ref_len, order, idx)
+        return cls(matrix, rows, ref_start, ref_len, order, index)
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """Project full-dimension rows (any float dtype) to ``[n, p]`` float32."""
