@@ -569,11 +569,12 @@ class SearchView:
                 vecs.append(v.astype(np.float32))
                 rk.append(np.full(v.shape[0], k, np.int64))
                 od.append(np.arange(v.shape[0], dtype=np.int32))
+            delta_rows = np.concatenate(vecs)
             self._delta = faiss.IndexFlatIP(dim)
-            self._delta.add(np.concatenate(vecs))
+            self._delta.add(delta_rows)
             self._delta_ref = np.concatenate(rk)
             self._delta_ord = np.concatenate(od)
-            _, self._delta_centroids = reference_centroids(np.concatenate(vecs), self._delta_ref)
+            _, self._delta_centroids = reference_centroids(delta_rows, self._delta_ref)
 
     # -------------------------------------------------------------- construction
 
