@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from streamcover.catalog.screen import behind_projection
+
 
 def reference_centroids(vectors: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distinct keys in order of first row, unit centroids [R, D] float32) of rows grouped by
@@ -47,16 +49,10 @@ def make_centroid_index(dim: int, m: int, ef_construction: int, projection: np.n
     """An empty inner-product HNSW graph for centroids, behind ``projection`` if given."""
     import faiss
 
-    fa: Any = faiss
     out_dim = dim if projection is None else projection.shape[0]
     idx = faiss.IndexHNSWFlat(out_dim, m, faiss.METRIC_INNER_PRODUCT)
     idx.hnsw.efConstruction = ef_construction
-    if projection is None:
-        return idx
-    lt = fa.LinearTransform(dim, out_dim, False)
-    faiss.copy_array_to_vector(np.ascontiguousarray(projection, np.float32).ravel(), lt.A)
-    lt.is_trained = True
-    return fa.IndexPreTransform(lt, idx)
+    return idx if projection is None else behind_projection(idx, projection)
 
 
 @dataclass

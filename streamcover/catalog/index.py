@@ -38,7 +38,7 @@ from streamcover.catalog.centroids import (
     query_centroid,
     reference_centroids,
 )
-from streamcover.catalog.screen import ProjectedRows, projection_of
+from streamcover.catalog.screen import ProjectedRows, behind_projection, projection_of
 from streamcover.catalog.store import (
     CURRENT_FILE,
     SNAPSHOT_DIR,
@@ -124,7 +124,6 @@ def make_index(dim: int, params: IndexParams, n_train: int = 0,
 
     fa: Any = faiss  # faiss's stubs miss the SWIG overloads used below
     ip = faiss.METRIC_INNER_PRODUCT
-    full_dim = dim
     if params.pca_dim:
         if sample is None:
             raise CatalogError("a projected index (catalog.pca_dim) needs training rows")
@@ -150,11 +149,7 @@ def make_index(dim: int, params: IndexParams, n_train: int = 0,
     idx.hnsw.efConstruction = params.ef_construction
     idx.hnsw.efSearch = params.ef_search
     if params.pca_dim:
-        lt = fa.LinearTransform(full_dim, dim, False)
-        faiss.copy_array_to_vector(proj.ravel(), lt.A)
-        lt.is_trained = True
-        # faiss's Python constructor keeps lt and idx referenced for the wrapper's lifetime.
-        return fa.IndexPreTransform(lt, idx)
+        return behind_projection(idx, proj)
     return idx
 
 

@@ -32,6 +32,20 @@ def projection_of(index: Any) -> np.ndarray | None:
     return faiss.vector_to_array(lt.A).reshape(lt.d_out, lt.d_in).astype(np.float32)
 
 
+def behind_projection(index: Any, projection: np.ndarray) -> Any:
+    """``index`` (over ``p`` dims) wrapped to take full-dimension vectors through the fixed
+    ``[p, D]`` ``projection``; :func:`projection_of` reads it back."""
+    import faiss
+
+    fa: Any = faiss  # faiss's stubs miss the SWIG overloads used here
+    p, d = projection.shape
+    lt = fa.LinearTransform(d, p, False)
+    faiss.copy_array_to_vector(np.ascontiguousarray(projection, np.float32).ravel(), lt.A)
+    lt.is_trained = True
+    # faiss's Python constructor keeps lt and index referenced for the wrapper's lifetime.
+    return fa.IndexPreTransform(lt, index)
+
+
 @dataclass(frozen=True)
 class ProjectedRows:
     """The projected chunk rows of a snapshot, addressable by reference key.
