@@ -146,6 +146,17 @@ class CatalogSettings(BaseModel):
     # this version; older ones simply have none until the next build.
     centroid_candidates: int = Field(100, ge=0)
     stage2_screen_leaders: int = Field(64, ge=1)
+    # How stage 2 (and exhaustive search, and `streamcover eval`) turns both MaxMean
+    # directions into one score (streamcover.model.maxmean.combine_directions):
+    # "length_weighted" (each direction weighted by the other set's length), "symmetric"
+    # (their mean) or ByteCover3's "shorter_first". Length-weighted ranked held-out SHS
+    # covers better than shorter-first at every query length and scores a short query as
+    # shorter-first does, which keeps first-window detection (docs/training.md).
+    score_rule: Literal["length_weighted", "symmetric", "shorter_first"] = "length_weighted"
+    # Threads one query may use in faiss and BLAS (0 = physical cores), set process-wide
+    # when a searcher opens. One: split queries wait on each other's threads, which is
+    # what sets p99 on a small shared machine (streamcover.device.configure_search_threads).
+    search_threads: int = Field(1, ge=0)
     snapshot_poll_seconds: float = Field(5.0, gt=0)
 
 
@@ -153,11 +164,13 @@ class MatchSettings(BaseModel):
     """When accumulated evidence becomes a match event."""
 
     # Calibrated with `ops/bench/bench_monitor.py --calibrate --works 12` on the shipped model
-    # (docs/monitor.md): at 0.68 all 58 covers passed and none of 118 unrelated decisions
-    # (re-measured for each shipped model; last for streamcover-hpcp-compact-inv-3e5a4ff1f4ac).
-    threshold: float = Field(0.68, ge=-1, le=1)
+    # and catalog.score_rule (docs/monitor.md): length-weighted scores, at 0.66 all 58 covers
+    # passed and none of 118 unrelated decisions (re-measured for each shipped model and rule;
+    # last for streamcover-hpcp-compact-inv-3e5a4ff1f4ac). Shorter first: 0.68 / 0.58;
+    # symmetric: 0.65 / 0.55.
+    threshold: float = Field(0.66, ge=-1, le=1)
     # Hysteresis: an open match is closed only when the score drops below this.
-    release_threshold: float = Field(0.58, ge=-1, le=1)
+    release_threshold: float = Field(0.56, ge=-1, le=1)
     min_chunks: int = Field(1, ge=1)
     # Live streams: chunks of history MaxMean looks at (the sliding horizon).
     horizon_chunks: int = Field(6, ge=1)

@@ -86,6 +86,33 @@ def configure_threads(n: int = 0) -> int:
     return threads
 
 
+_search_limits: object | None = None
+
+
+def configure_search_threads(n: int = 1) -> int:
+    """Limit the BLAS libraries (numpy's and faiss's) and faiss's OpenMP pool to ``n``
+    threads (0 = physical cores) for this process; return the count used.
+
+    Catalog queries are small: a 60 s query is five HNSW searches and one matrix of a
+    few thousand rows. Split over two threads, each part waits for the other to wake,
+    and on a shared VM that wait is what sets the tail: at 1M chunks, two BLAS threads
+    gave p99 11-15 ms where one gave 9-9.2 ms (docs/catalog.md). Concurrency belongs to
+    the streams and processes, not to one query. Torch's own pool is
+    :func:`configure_threads`'s business and is left alone.
+    """
+    global _search_limits
+    if n < 0:
+        raise ValueError(f"thread count must be >= 0, got {n}")
+    threads = n or physical_cores()
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    faiss.omp_set_num_threads(threads)
+    # Process-wide until changed again; kept so the limiter object is not collected.
+    _search_limits = threadpool_limits(limits=threads, user_api="blas")
+    return threads
+
+
 def gpu_autocast_dtype(device: torch.device) -> torch.dtype:
     """bf16 where the GPU supports it (no overflow), else fp16."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():

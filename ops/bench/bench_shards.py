@@ -69,13 +69,13 @@ def build(root: Path, n_chunks: int, n_shards: int, params: IndexParams) -> tupl
 
 def serve(path: str, conn: Connection, top_n: int, ef_search: int) -> None:
     """A shard server: one SearchView, queries in over a pipe, (id, score) lists out."""
-    import faiss
     import torch
 
     from streamcover.catalog.index import SearchView
     from streamcover.catalog.search import TwoStageSearcher
+    from streamcover.device import configure_search_threads
 
-    faiss.omp_set_num_threads(1)
+    configure_search_threads(1)
     torch.set_num_threads(1)
     s = TwoStageSearcher(SearchView.open(path, ef_search=ef_search, verify=False))
     conn.send("ready")

@@ -11,7 +11,7 @@
 # over nice 10) so it gets the share intended. It uses one thread, so at most one core.
 # AUTOGROUP_NICE=0 turns this off.
 #
-# Usage: [CONFIG=ops/train/<config>.json] ops/train/run-hpcp-compact.sh [RUN_NAME] [SHS_NPZ]
+# Usage: [CONFIG=ops/train/<config>.json] [MANIFEST=...] [INIT_FROM=...] ops/train/run-hpcp-compact.sh [RUN_NAME] [SHS_NPZ]
 set -eu
 cd "$(dirname "$0")/../.."
 RUN=${1:-hpcp-compact-inv2}
@@ -21,10 +21,12 @@ RUNS=${STREAMCOVER_RUNS:-$HOME/.cache/streamcover/runs}
 AUTOGROUP_NICE=${AUTOGROUP_NICE:--10}
 # INIT_FROM=<other run>/last.pt warm-starts a new run (ignored when the run resumes).
 INIT=${INIT_FROM:+--init-from $INIT_FROM}
+# MANIFEST=<corpus>/manifest-train.jsonl mixes a versions corpus into the SHS batches.
+MIX=${MANIFEST:+--manifest $MANIFEST}
 mkdir -p "$RUNS/$RUN"
 nohup setsid .venv/bin/python -m streamcover train --shs "$SHS" \
   --split ops/train/shs100k-test-split.json --config "$CONFIG" \
-  --run "$RUN" --runs-dir "$RUNS" --no-progress $INIT >> "$RUNS/$RUN/train.out" 2>&1 < /dev/null &
+  --run "$RUN" --runs-dir "$RUNS" --no-progress $INIT $MIX >> "$RUNS/$RUN/train.out" 2>&1 < /dev/null &
 PID=$!
 if [ -w "/proc/$PID/autogroup" ] && [ "$AUTOGROUP_NICE" != 0 ]; then
   sleep 1

@@ -191,7 +191,7 @@ class Snapshot:
     # One vector per reference (streamcover.catalog.centroids); None in snapshots built
     # before centroids existed.
     centroids: CentroidIndex | None = None
-    # Stage-2 screening rows (projected HNSW-flat snapshots only), built when the snapshot
+    # Stage-2 screening rows (projected HNSW-flat or HNSW-SQ snapshots), built when the snapshot
     # loads, off the query path; shared by every view of the snapshot.
     projected: ProjectedRows | None = None
 
@@ -647,7 +647,7 @@ class SearchView:
 
     @property
     def projected(self) -> ProjectedRows | None:
-        """The snapshot's projected rows for stage-2 screening (projected HNSW-flat
+        """The snapshot's projected rows for stage-2 screening (projected HNSW-flat or -SQ
         snapshots only; a view of the index's own storage)."""
         return None if self.snapshot is None else self.snapshot.projected
 

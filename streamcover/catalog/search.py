@@ -4,14 +4,15 @@ Stage 1: each query chunk's K nearest distinct references (K=50) in the HNSW gra
 found among its ``K * fetch_factor`` nearest chunks; their union is the candidate
 set, ranked by best neighbour similarity and capped at ``max_candidates``; the
 references whose centroids are nearest the query's centroid join it. Stage 2:
-MaxMean between the query's chunks and each candidate's full chunk set, as one
-float16 similarity matrix over the candidates' concatenated chunks and per-reference
-``reduceat`` maxima (the same value ``streamcover.model.maxmean`` defines); for the
+MaxMean in both directions between the query's chunks and each candidate's full chunk
+set, combined by the score rule (symmetric by default), from one similarity matrix over
+the candidates' concatenated chunks and per-reference ``reduceat`` maxima (the value
+``streamcover.model.maxmean.set_score`` defines); for the
 top hits, the alignment: for each query chunk, the best reference chunk, its time
 offset and the similarity. References that stage 1 does
 not reach are not scored (ByteCover3 gives them similarity 0).
 
-Exhaustive mode scores every live reference with the same MaxMean, for evaluation
+Exhaustive mode scores every live reference with the same score, for evaluation
 and for measuring how much stage 1 loses.
 """
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from streamcover.catalog.index import SearchView, SnapshotWatcher
 from streamcover.catalog.store import ModelMismatchError, normalise_rows
+from streamcover.model.maxmean import SCORE_RULES, ScoreRule, combine_directions
 
 if TYPE_CHECKING:
     from streamcover.config import CatalogSettings
@@ -98,8 +100,12 @@ class TwoStageSearcher:
         screen: bool = True,
         screen_leaders: int = 64,
         centroid_candidates: int = 100,
+        score_rule: ScoreRule = "length_weighted",
     ) -> None:
+        if score_rule not in SCORE_RULES:
+            raise ValueError(f"unknown score rule {score_rule!r}; expected one of {SCORE_RULES}")
         self._source = source
+        self.score_rule: ScoreRule = score_rule
         self.centroid_candidates = centroid_candidates
         self.screen = screen
         self.screen_leaders = screen_leaders
@@ -122,10 +128,16 @@ class TwoStageSearcher:
         model_id: str | None = None,
         verify: bool = True,
     ) -> TwoStageSearcher:
-        """A searcher on a catalog directory; ``watch`` starts a :class:`SnapshotWatcher`."""
+        """A searcher on a catalog directory; ``watch`` starts a :class:`SnapshotWatcher`.
+
+        It also caps this process's faiss and BLAS threads at ``search_threads``
+        (:func:`streamcover.device.configure_search_threads`).
+        """
         from streamcover.config import get_settings
+        from streamcover.device import configure_search_threads
 
         s = settings or get_settings().catalog
+        configure_search_threads(s.search_threads)
         path = Path(catalog_path) if catalog_path is not None else s.path
         source: SearchView | SnapshotWatcher
         if watch:
@@ -136,7 +148,7 @@ class TwoStageSearcher:
         return cls(source, top_k=s.top_k, max_candidates=s.max_candidates, refine=s.stage1_refine,
                    fetch_factor=s.stage1_fetch_factor, model_id=model_id,
                    screen=s.stage2_screen, screen_leaders=s.stage2_screen_leaders,
-                   centroid_candidates=s.centroid_candidates)
+                   centroid_candidates=s.centroid_candidates, score_rule=s.score_rule)
 
     @property
     def view(self) -> SearchView:
@@ -268,23 +280,25 @@ class TwoStageSearcher:
             qq = torch.from_numpy(q.astype(np.float16)).to(self.device)
             return (r @ qq.T).float().cpu().numpy()
 
-    @staticmethod
-    def _maxmean(sims: np.ndarray, lengths: np.ndarray, m: int) -> np.ndarray:
-        """Per-reference MaxMean from the stacked similarities of their chunks."""
+    def _maxmean(self, sims: np.ndarray, lengths: np.ndarray, m: int) -> np.ndarray:
+        """Per-reference scores (``score_rule``) from the stacked similarities of their chunks."""
         starts = np.cumsum(lengths) - lengths
-        query_first = np.maximum.reduceat(sims, starts, axis=0).mean(axis=1)
-        ref_first = np.add.reduceat(sims.max(axis=1), starts) / lengths
-        return np.where(lengths >= m, query_first, ref_first).astype(np.float32)
+        query_first = np.maximum.reduceat(sims, starts, axis=0).mean(axis=1, dtype=np.float32)
+        if self.score_rule == "shorter_first" and not (lengths < m).any():
+            return query_first  # the other direction is not needed
+        ref_first = (np.add.reduceat(sims.max(axis=1), starts) / lengths).astype(np.float32)
+        out = combine_directions(query_first, ref_first, np.asarray(m, np.int64), lengths,
+                                 self.score_rule)
+        return out.astype(np.float32, copy=False)
 
     def rerank(self, view: SearchView, q: np.ndarray, keys: np.ndarray,
                block_rows: int = 65536, exact_top: int = 32,
                alignments: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
                screen: bool = False) -> np.ndarray:
-        """MaxMean of the query against each reference in ``keys`` -> scores ``[R]``.
+        """Score (``score_rule``) of the query against each reference in ``keys`` -> ``[R]``.
 
         One similarity matrix per block of references (about ``block_rows`` chunks),
-        then per-reference maxima with ``reduceat``. The order rule of MaxMean holds: a
-        reference with fewer chunks than the query is scored reference-to-query. The
+        then per-reference maxima with ``reduceat`` in both directions. The
         ``exact_top`` best are re-scored in float32; when ``alignments`` is given, it
         receives their alignments (as :meth:`align` computes them) from the same matrix.
 
@@ -303,8 +317,7 @@ class TwoStageSearcher:
             total = np.cumsum(lengths_all[i:])
             j = i + max(1, int(np.searchsorted(total, block_rows, side="right")))
             if proj is not None and qp is not None:
-                rows, lengths = proj.gather(view.layout, view.segments, keys[i:j])
-                sims = rows @ qp.T
+                sims, lengths = proj.similarities(view.layout, view.segments, keys[i:j], qp)
             else:
                 rows16, lengths = self._gather(view, keys[i:j])
                 sims = self._sims(rows16, q)
@@ -388,7 +401,7 @@ class TwoStageSearcher:
 
     def exhaustive_scores(self, query_vectors: np.ndarray,
                           model_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(reference keys, MaxMean scores) for every live reference, for evaluation."""
+        """(reference keys, scores) for every live reference, for evaluation."""
         view = self.view
         q, _ = self._prepare(view, query_vectors, np.zeros(len(query_vectors)), model_id)
         keys = view.layout.keys
@@ -396,7 +409,7 @@ class TwoStageSearcher:
 
     def two_stage_scores(self, query_vectors: np.ndarray,
                          model_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(candidate keys, MaxMean scores) as the two-stage search computes them."""
+        """(candidate keys, scores) as the two-stage search computes them."""
         view = self.view
         q, _ = self._prepare(view, query_vectors, np.zeros(len(query_vectors)), model_id)
         keys, _ = self.candidates(view, q)

@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="PCA dims of the 2DFTM baseline, fitted on the train split (0 = none)")
     p.add_argument("--limit-works", type=int, default=None, help="evaluate only N works")
     p.add_argument("--seed", type=int, default=0, help="seed of the query clip offsets")
+    p.add_argument("--score-rule", choices=["length_weighted", "symmetric", "shorter_first"], default=None,
+                   help="how both MaxMean directions make a score (default: catalog.score_rule, "
+                        "the rule retrieval uses)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: ~/.cache/streamcover/eval/<checkpoint name>)")
     p.add_argument("--device", default="auto")
@@ -58,6 +61,7 @@ def _run(args: argparse.Namespace) -> int:
     from streamcover.train.tracks import TrackSet
 
     settings = get_settings()
+    rule = args.score_rule or settings.catalog.score_rule
     device = select_device(args.device)
     if device.type == "cpu":
         configure_threads(args.threads)
@@ -131,13 +135,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"evaluating {name} on {len(tracks)} recordings of {tracks.n_works} works ...",
               flush=True)
         results[name] = evaluate_system(embed, tracks, durations, seed=args.seed,
-                                        short=bool(durations))
+                                        short=bool(durations), rule=rule)
     title = f"{data_desc} ({tracks.n_works} works, {len(tracks)} recordings)"
     render_tables(results, title)
     out_dir = args.out or settings.cache_dir / "eval" / ckpt_path.stem
     doc = {"checkpoint": str(ckpt_path), "model_id": loaded.model_id, "data": data_desc,
            "works": tracks.n_works, "recordings": len(tracks), "durations_s": durations,
            "clip_seed": args.seed, "similarity": "MaxMean over L2-normalised chunk embeddings",
+           "score_rule": rule,
            "results": results}
     save_json(doc, out_dir / "eval.json")
     save_plot(results, out_dir / "eval.png", f"{tracks.n_works} held-out works")

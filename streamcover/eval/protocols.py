@@ -4,9 +4,10 @@
 - ByteCover3 short queries: clips of 6..60 s cut from each query recording are
   matched against the full-length references; the query's own recording is excluded.
 
-A recording is a set of chunk vectors (L2-normalised); recording similarity is
-MaxMean with the shorter set first. A model that gives one vector per recording
-(the 2DFTM baseline) is the special case of sets of size one (cosine similarity).
+A recording is a set of chunk vectors (L2-normalised); recording similarity is the
+retrieval score of ``streamcover.model.maxmean`` (both MaxMean directions combined by a
+score rule, symmetric by default). A model that gives one vector per recording (the 2DFTM
+baseline) is the special case of sets of size one (cosine similarity under either rule).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from streamcover.eval.metrics import RetrievalMetrics, retrieval_metrics
+from streamcover.model.maxmean import ScoreRule, combine_directions
 from streamcover.train.tracks import TrackSet
 
 SHORT_QUERY_SECONDS: tuple[float, ...] = (6, 10, 15, 20, 25, 30, 40, 50, 60)
@@ -51,10 +53,11 @@ class ChunkSets:
         return np.bincount(self.owner, minlength=self.n_sets)
 
 
-def maxmean_matrix(queries: ChunkSets, refs: ChunkSets, block_rows: int = 4096) -> np.ndarray:
-    """MaxMean similarity of every query set to every reference set -> [Q, R].
+def maxmean_matrix(queries: ChunkSets, refs: ChunkSets, block_rows: int = 4096,
+                   rule: ScoreRule = "length_weighted") -> np.ndarray:
+    """Retrieval score of every query set against every reference set -> [Q, R].
 
-    Shorter set first per pair. Empty sets score 0 against everything.
+    Both MaxMean directions, combined by ``rule``. Empty sets score 0 against everything.
     """
     import torch
 
@@ -98,16 +101,17 @@ def maxmean_matrix(queries: ChunkSets, refs: ChunkSets, block_rows: int = 4096) 
             r_first = torch.zeros((nq, refs.n_sets), dtype=torch.float64).index_add_(
                 1, r_owner, best_in_query.double())
             r_first /= r_len.clamp(min=1)[None, :]
-            sim = torch.where(q_len[:, None] <= r_len[None, :], q_first, r_first)
+            sim = combine_directions(q_first, r_first, q_len[:, None], r_len[None, :], rule)
             empty = (q_len[:, None] == 0) | (r_len[None, :] == 0)
             out[lo:hi] = sim.masked_fill(empty, 0.0).float().numpy()
     return out
 
 
-def full_length(sets: ChunkSets, works: np.ndarray) -> tuple[RetrievalMetrics, np.ndarray]:
+def full_length(sets: ChunkSets, works: np.ndarray,
+                rule: ScoreRule = "length_weighted") -> tuple[RetrievalMetrics, np.ndarray]:
     """Every recording queries all the others (MIREX protocol)."""
     works = np.asarray(works)
-    sim = maxmean_matrix(sets, sets)
+    sim = maxmean_matrix(sets, sets, rule=rule)
     relevant = works[:, None] == works[None, :]
     exclude = np.eye(len(works), dtype=bool)
     return retrieval_metrics(sim, relevant, exclude), sim
@@ -127,7 +131,7 @@ def cut_query_clips(tracks: TrackSet, seconds: float, seed: int) -> list[np.ndar
 
 def short_queries(embed_sets: SetEmbedder, tracks: TrackSet, refs: ChunkSets,
                   seconds: Sequence[float] = SHORT_QUERY_SECONDS,
-                  seed: int = 0) -> dict[float, RetrievalMetrics]:
+                  seed: int = 0, rule: ScoreRule = "length_weighted") -> dict[float, RetrievalMetrics]:
     """ByteCover3 protocol: clips of each length vs full-length refs, own recording excluded."""
     works = np.asarray(tracks.works)
     relevant = works[:, None] == works[None, :]
@@ -136,6 +140,6 @@ def short_queries(embed_sets: SetEmbedder, tracks: TrackSet, refs: ChunkSets,
     for sec in seconds:
         clips = cut_query_clips(tracks, sec, seed)
         q = ChunkSets.from_list(embed_sets(clips))
-        sim = maxmean_matrix(q, refs)
+        sim = maxmean_matrix(q, refs, rule=rule)
         out[float(sec)] = retrieval_metrics(sim, relevant, exclude)
     return out

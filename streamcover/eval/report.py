@@ -17,19 +17,20 @@ from streamcover.eval.protocols import (
     full_length,
     short_queries,
 )
+from streamcover.model.maxmean import ScoreRule
 from streamcover.train.tracks import TrackSet
 
 
 def evaluate_system(embed: SetEmbedder, tracks: TrackSet,
                     seconds: Sequence[float] = SHORT_QUERY_SECONDS, seed: int = 0,
-                    short: bool = True) -> dict[str, Any]:
+                    short: bool = True, rule: ScoreRule = "length_weighted") -> dict[str, Any]:
     """Full-length and short-query figures of one system on one set of recordings."""
     t0 = time.time()
     refs = ChunkSets.from_list(embed([tracks.feature(i) for i in range(len(tracks))]))
-    full, _ = full_length(refs, tracks.works)
+    full, _ = full_length(refs, tracks.works, rule)
     out: dict[str, Any] = {"full": full.as_dict(), "short": {}}
     if short:
-        for sec, m in short_queries(embed, tracks, refs, seconds, seed).items():
+        for sec, m in short_queries(embed, tracks, refs, seconds, seed, rule).items():
             out["short"][f"{sec:g}"] = m.as_dict()
     out["seconds"] = round(time.time() - t0, 1)
     return out

@@ -101,8 +101,10 @@ def validate(model: CoverEncoder, tracks: TrackSet, cfg: TrainConfig, device: to
                           hop_s=cfg.data.hop_s, min_s=cfg.data.min_s, device=device,
                           chunker=chunker)
     refs = ChunkSets.from_list(emb([tracks.feature(i) for i in range(len(tracks))]))
-    full, _ = full_length(refs, tracks.works)
-    short = short_queries(emb, tracks, refs, seconds=(30.0,), seed=cfg.seed)
+    # Validation keeps ByteCover3's shorter-first rule, so runs stay comparable with their
+    # earlier logs and plateau schedule (retrieval and `streamcover eval` score symmetric).
+    full, _ = full_length(refs, tracks.works, rule="shorter_first")
+    short = short_queries(emb, tracks, refs, seconds=(30.0,), seed=cfg.seed, rule="shorter_first")
     return ValResult(step, full.map, full.p_at_10, full.mr1, short[30.0].map)
 
 

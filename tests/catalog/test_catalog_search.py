@@ -282,9 +282,47 @@ def test_screening_on_projected_rows(
     view.close()
 
 
-def test_compressed_snapshots_do_not_screen(make_catalog: Callable[..., Path]) -> None:
-    """SQ8 storage holds codes, not rows: stage 2 stays on the float16 store."""
-    params = IndexParams("hnsw_sq8", m=16, ef_construction=64, ef_search=64, pca_dim=16)
+@pytest.mark.parametrize("kind", ["hnsw_sq8", "hnsw_sq4"])
+def test_scalar_quantised_snapshots_screen_on_their_codes(
+    make_catalog: Callable[..., Path], refs: list[SyntheticRef], kind: str
+) -> None:
+    """SQ storage holds codes: screening decodes them (SQ8 straight from the codes, SQ4
+    through faiss) and the similarities are those of the decoded rows; the hits keep
+    exact scores."""
+    import faiss
+
+    params = IndexParams(kind, m=16, ef_construction=64, ef_search=64, pca_dim=16)  # type: ignore[arg-type]
+    view = SearchView.open(make_catalog(n=60, params=params))
+    proj = view.projected
+    assert proj is not None and proj.codec is not None
+    assert (proj.affine is not None) == (kind == "hnsw_sq8")
+    keys = view.layout.keys[[3, 0, 41, 59]]
+    q = _query_from(refs[41], 0, 3)
+    qp = proj.project(q)
+    sims, lengths = proj.similarities(view.layout, view.segments, keys, qp)
+    assert lengths.tolist() == [int(view.layout.n_chunks[k]) for k in keys]
+    decoded = np.concatenate([
+        faiss.downcast_index(view.snapshot.index.index).storage.sa_decode(  # type: ignore[union-attr]
+            np.ascontiguousarray(proj.rows[proj.ref_start[k]: proj.ref_start[k] + n]))
+        for k, n in zip(keys.tolist(), lengths.tolist(), strict=True)])
+    np.testing.assert_allclose(sims, decoded @ qp.T, atol=1e-4)
+    # ... which are the projected float vectors up to the quantisation step.
+    want = np.concatenate([proj.project(view.ref_vectors(int(k))) for k in keys]) @ qp.T
+    assert np.abs(sims - want).max() < (0.03 if kind == "hnsw_sq8" else 0.3)
+    screened = TwoStageSearcher(view, top_k=30, screen_leaders=12)
+    plain = TwoStageSearcher(view, top_k=30, screen=False)
+    assert screened.screens(view) and not plain.screens(view)
+    for i in (5, 41):
+        a = screened.search(_query_from(refs[i], 1, 4), np.arange(4) * 10.0, top_n=3)
+        b = plain.search(_query_from(refs[i], 1, 4), np.arange(4) * 10.0, top_n=3)
+        assert a[0].reference_id == b[0].reference_id == refs[i].id
+        assert a[0].score == pytest.approx(b[0].score, abs=1e-5)
+    view.close()
+
+
+def test_pq_snapshots_do_not_screen(make_catalog: Callable[..., Path]) -> None:
+    """PQ codes are too coarse to pick leaders with: stage 2 stays on the float16 store."""
+    params = IndexParams("hnsw_pq", m=16, ef_construction=64, ef_search=64, pq_m=8, pca_dim=16)
     view = SearchView.open(make_catalog(n=30, params=params))
     assert view.projected is None and not TwoStageSearcher(view).screens(view)
     view.close()
@@ -370,17 +408,18 @@ def test_stage1_keeps_k_distinct_references_per_chunk(
     assert min(len(np.unique(plain.ref_keys[r])) for r in range(3)) < 10
 
 
+@pytest.mark.parametrize("rule", ["length_weighted", "symmetric", "shorter_first"])
 def test_stage2_scores_equal_reference_maxmean(
-    make_catalog: Callable[..., Path], refs: list[SyntheticRef]
+    make_catalog: Callable[..., Path], refs: list[SyntheticRef], rule: str
 ) -> None:
-    """The float16 screen plus float32 re-score gives the MaxMean the model defines,
-    including the order rule for references shorter than the query."""
+    """The float16 screen plus float32 re-score gives the score the model defines under
+    either rule, including references shorter than the query."""
     import torch
 
-    from streamcover.model.maxmean import maxmean
+    from streamcover.model.maxmean import set_score
 
     view = SearchView.open(make_catalog())
-    s = TwoStageSearcher(view)
+    s = TwoStageSearcher(view, score_rule=rule)  # type: ignore[arg-type]
     rng = np.random.default_rng(3)
     q = _query_from(refs[5], 0, 8)
     keys = view.layout.keys[rng.choice(view.layout.keys.size, 60, replace=False)]
@@ -389,8 +428,9 @@ def test_stage2_scores_equal_reference_maxmean(
     screened = s.rerank(view, q, keys, exact_top=0)
     exact = s.rerank(view, q, keys, exact_top=keys.size)
     want = np.array([
-        float(maxmean(torch.from_numpy(q), torch.from_numpy(view.ref_vectors(int(k)).astype(np.float32)),
-                      normalized=True))
+        float(set_score(torch.from_numpy(q),
+                        torch.from_numpy(view.ref_vectors(int(k)).astype(np.float32)),
+                        rule, normalized=True))  # type: ignore[arg-type]
         for k in keys
     ])
     np.testing.assert_allclose(exact, want, atol=2e-6)
@@ -398,6 +438,8 @@ def test_stage2_scores_equal_reference_maxmean(
     # Blocks smaller than one reference still give the same scores.
     np.testing.assert_allclose(s.rerank(view, q, keys, block_rows=5, exact_top=keys.size), exact,
                                atol=1e-7)
+    with pytest.raises(ValueError, match="score rule"):
+        TwoStageSearcher(view, score_rule="longest_first")  # type: ignore[arg-type]
 
 
 def test_stage1_memo_searches_only_new_chunks(

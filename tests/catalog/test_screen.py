@@ -32,6 +32,10 @@ def test_rows_are_found_by_reference_in_any_storage_order() -> None:
     assert lengths.tolist() == [2, 3, 1]
     want = x[[1, 0, 2, 4, 3, 5]] @ matrix.T  # key 2 ords 0,1; key 1 ords 0,1,2; key 3
     np.testing.assert_allclose(rows, want, atol=1e-5)
+    qp = x[:2] @ matrix.T
+    sims, got = proj.similarities(layout, {}, np.array([2, 1, 3]), qp)
+    assert got.tolist() == [2, 3, 1]
+    np.testing.assert_allclose(sims, want @ qp.T, atol=1e-5)
     # A flat (unprojected) index has no projected rows.
     flat = make_index(8, IndexParams("hnsw", m=8, ef_construction=16))
     flat.add(x)

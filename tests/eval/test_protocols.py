@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from streamcover.eval.protocols import ChunkSets, full_length, maxmean_matrix, short_queries
-from streamcover.model.maxmean import maxmean
+from streamcover.model.maxmean import maxmean, set_score
 from streamcover.train.tracks import TrackSet
 
 
@@ -16,15 +16,27 @@ def _unit(rng: np.random.Generator, n: int, d: int = 6) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_maxmean_matrix_matches_pairwise_maxmean_with_shorter_first() -> None:
+@pytest.mark.parametrize("rule", ["length_weighted", "symmetric", "shorter_first"])
+def test_maxmean_matrix_matches_the_pairwise_score(rule: str) -> None:
     rng = np.random.default_rng(0)
     sets = [_unit(rng, n) for n in (1, 3, 5, 2, 7)]
     queries = [_unit(rng, n) for n in (2, 6, 1)]
-    got = maxmean_matrix(ChunkSets.from_list(queries), ChunkSets.from_list(sets), block_rows=3)
+    got = maxmean_matrix(ChunkSets.from_list(queries), ChunkSets.from_list(sets), block_rows=3,
+                         rule=rule)  # type: ignore[arg-type]
     for i, q in enumerate(queries):
         for j, r in enumerate(sets):
-            want = maxmean(torch.from_numpy(q), torch.from_numpy(r), normalized=True).item()
+            want = set_score(torch.from_numpy(q), torch.from_numpy(r), rule,  # type: ignore[arg-type]
+                             normalized=True).item()
             assert got[i, j] == pytest.approx(want, abs=1e-5), (i, j)
+            if rule == "shorter_first":  # ByteCover3's MaxMean, shorter set first
+                paper = maxmean(torch.from_numpy(q), torch.from_numpy(r), normalized=True).item()
+                assert got[i, j] == pytest.approx(paper, abs=1e-5), (i, j)
+            else:
+                sims = q @ r.T
+                qf, rf = sims.max(axis=1).mean(), sims.max(axis=0).mean()
+                want = ((qf + rf) / 2 if rule == "symmetric"  # weighted by the other's length
+                        else (len(r) * qf + len(q) * rf) / (len(q) + len(r)))
+                assert got[i, j] == pytest.approx(float(want), abs=1e-5), (i, j)
 
 
 def test_empty_sets_score_zero() -> None:

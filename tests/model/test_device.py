@@ -44,3 +44,24 @@ def test_autocast_is_fp32_on_cpu_unless_bf16_asked() -> None:
         assert (a @ a).dtype == torch.float32
     with autocast(torch.device("cpu"), cpu_bf16=True):
         assert (a @ a).dtype == torch.bfloat16
+
+
+def test_search_threads_cap_faiss_and_every_blas() -> None:
+    import faiss
+    from threadpoolctl import threadpool_info
+
+    from streamcover.device import configure_search_threads
+
+    torch_before = torch.get_num_threads()
+    try:
+        assert configure_search_threads(1) == 1
+        assert faiss.omp_get_max_threads() == 1
+        blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+        assert blas and all(p["num_threads"] == 1 for p in blas)
+        assert torch.get_num_threads() == torch_before  # torch's pool is not ours to set
+        assert configure_search_threads(0) == physical_cores()
+        assert faiss.omp_get_max_threads() == physical_cores()
+    finally:
+        configure_search_threads(0)
+    with pytest.raises(ValueError, match=">= 0"):
+        configure_search_threads(-1)

@@ -115,3 +115,23 @@ def test_matrix_gradients_reach_both_operands_but_not_padding() -> None:
     assert a.grad[0, 2].abs().sum().item() == 0.0  # padded chunk gets no gradient
     assert a.grad[0, :2].abs().sum().item() > 0.0
     assert b.grad.abs().sum().item() > 0.0
+
+
+def test_combine_directions_rules_on_arrays_and_tensors() -> None:
+    import numpy as np
+
+    from streamcover.model.maxmean import combine_directions
+
+    qf, rf = np.array([0.8, 0.2, 0.5]), np.array([0.4, 0.6, 0.1])
+    qlen, rlen = np.array(3), np.array([5, 2, 3])
+    np.testing.assert_allclose(combine_directions(qf, rf, qlen, rlen, "symmetric"), [0.6, 0.4, 0.3])
+    # Length-weighted: (5*0.8 + 3*0.4)/8, (2*0.2 + 3*0.6)/5, (3*0.5 + 3*0.1)/6.
+    np.testing.assert_allclose(combine_directions(qf, rf, qlen, rlen), [0.65, 0.44, 0.3])
+    # Shorter first: reference 1 is shorter than the query; on a tie the query goes first.
+    np.testing.assert_allclose(combine_directions(qf, rf, qlen, rlen, "shorter_first"),
+                               [0.8, 0.6, 0.5])
+    t = combine_directions(torch.tensor(qf), torch.tensor(rf), torch.tensor(3),
+                           torch.tensor([5, 2, 3]), "shorter_first")
+    assert t.tolist() == pytest.approx([0.8, 0.6, 0.5])
+    with pytest.raises(ValueError, match="score rule"):
+        combine_directions(qf, rf, qlen, rlen, "longest")  # type: ignore[arg-type]
