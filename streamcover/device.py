@@ -95,8 +95,9 @@ def configure_search_threads(n: int = 1) -> int:
 
     Catalog queries are small: a 60 s query is five HNSW searches and one matrix of a
     few thousand rows. Split over two threads, each part waits for the other to wake,
-    and on a shared VM that wait is what sets the tail: at 1M chunks, two BLAS threads
-    gave p99 11-15 ms where one gave 9-9.2 ms (docs/catalog.md). Concurrency belongs to
+    and on a shared VM that wait is what sets the tail: at 1M chunks, per-pass p99 was
+    10.9 / 15.0 / 11.0 ms with two BLAS threads and 10.7 / 9.0 / 9.2 with one
+    (docs/catalog.md). Concurrency belongs to
     the streams and processes, not to one query. Torch's own pool is
     :func:`configure_threads`'s business and is left alone.
     """
