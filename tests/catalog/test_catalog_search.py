@@ -479,3 +479,29 @@ def test_stage1_memo_searches_only_new_chunks(
     assert hits[0].reference_id == target.id and len(memo) == 3
     with pytest.raises(ValueError, match="chunk ids"):
         s.search(q[:2], starts[:2], chunk_ids=[0], memo=memo)
+
+
+def test_open_applies_the_catalog_settings_and_thread_cap(
+    make_catalog: Callable[..., Path], refs: list[SyntheticRef]
+) -> None:
+    """`TwoStageSearcher.open` is how the monitor and `identify` search: it takes the
+    searcher's knobs from the settings and caps faiss at `search_threads`."""
+    import faiss
+
+    from streamcover.config import CatalogSettings
+    from streamcover.device import configure_search_threads, physical_cores
+
+    path = make_catalog(n=40)
+    settings = CatalogSettings(path=path, top_k=20, centroid_candidates=7, score_rule="symmetric",
+                               stage2_screen_leaders=9, search_threads=1)
+    configure_search_threads(0)
+    try:
+        s = TwoStageSearcher.open(path, settings)
+        assert faiss.omp_get_max_threads() == 1 or physical_cores() == 1
+        assert (s.top_k, s.centroid_candidates, s.score_rule, s.screen_leaders) == (
+            20, 7, "symmetric", 9)
+        hits = s.search(_query_from(refs[12], 0, 3), np.arange(3) * 10.0, top_n=3)
+        assert hits[0].reference_id == refs[12].id
+        s.close()
+    finally:
+        configure_search_threads(0)
