@@ -12,7 +12,7 @@ decoded rows are too coarse to pick leaders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,6 +68,12 @@ class ProjectedRows:
     # 8-bit codes decode per dimension as code * scale + offset (faiss QT_8bit); with it,
     # similarities come straight from the codes without a decoded copy.
     affine: tuple[np.ndarray, np.ndarray] | None = None
+    tensor: Any = field(init=False, repr=False)  # ``rows`` as a torch tensor, same memory
+
+    def __post_init__(self) -> None:
+        import torch
+
+        object.__setattr__(self, "tensor", torch.from_numpy(np.asarray(self.rows)))
 
     @classmethod
     def of(cls, index: Any, ref_keys: np.ndarray, ordinals: np.ndarray) -> ProjectedRows | None:
@@ -138,16 +144,13 @@ class ProjectedRows:
         import torch
 
         qp = np.asarray(projected_query, dtype=np.float32)
-        lengths = layout.n_chunks[keys].astype(np.int64)
-        inside = keys < self.ref_start.shape[0]
-        starts = np.where(inside, self.ref_start[np.where(inside, keys, 0)], -1)
-        held = (starts >= 0) & (self.ref_len[np.where(inside, keys, 0)] == lengths)
+        lengths, starts, held = self._locate(layout, keys)
         fast = self.order is None and bool(held.all()) and (self.codec is None or self.affine)
         if not keys.size or not fast:
             rows, lengths = self.gather(layout, segments, keys)
             return rows @ qp.T, lengths
         first = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-        picked = torch.index_select(self._tensor(), 0,
+        picked = torch.index_select(self.tensor, 0,
                                     torch.from_numpy(first + np.arange(first.shape[0])))
         with torch.inference_mode():
             if self.affine is None:
@@ -156,28 +159,14 @@ class ProjectedRows:
             w = torch.from_numpy(np.ascontiguousarray(qp * scale))
             return (picked.float() @ w.T).numpy() + (qp @ offset), lengths
 
-    def _tensor(self) -> Any:
-        """``rows`` as a torch tensor sharing its memory (made once)."""
-        import torch
-
-        t = self.__dict__.get("_rows_tensor")
-        if t is None:
-            t = torch.from_numpy(np.asarray(self.rows))
-            object.__setattr__(self, "_rows_tensor", t)
-        return t
-
     def gather(self, layout: RefLayout, segments: dict[int, np.ndarray],
                keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Projected rows of ``keys`` concatenated in the order given, and each key's
         length. A key the snapshot lacks (a delta reference) is projected from the
         float16 store on the fly."""
-        lengths = layout.n_chunks[keys].astype(np.int64)
-        p = self.matrix.shape[0]
+        lengths, starts, held = self._locate(layout, keys)
         if not keys.size:
-            return np.zeros((0, p), np.float32), lengths
-        inside = keys < self.ref_start.shape[0]
-        starts = np.where(inside, self.ref_start[np.where(inside, keys, 0)], -1)
-        held = (starts >= 0) & (self.ref_len[np.where(inside, keys, 0)] == lengths)
+            return np.zeros((0, self.matrix.shape[0]), np.float32), lengths
         if self.order is None and held.all():
             # One fancy index over all rows (faster than a slice per reference).
             rows = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
@@ -191,6 +180,16 @@ class ProjectedRows:
                 s = int(layout.row_start[key])
                 parts.append(self.project(segments[int(layout.segment[key])][s : s + n]))
         return np.concatenate(parts), lengths
+
+    def _locate(self, layout: RefLayout,
+                keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each key's chunk count, first row here (-1 if absent) and whether this snapshot
+        holds all of its chunks (a reference added since, or re-added, it does not)."""
+        lengths = layout.n_chunks[keys].astype(np.int64)
+        inside = keys < self.ref_start.shape[0]
+        starts = np.where(inside, self.ref_start[np.where(inside, keys, 0)], -1)
+        held = (starts >= 0) & (self.ref_len[np.where(inside, keys, 0)] == lengths)
+        return lengths, starts, held
 
     def _decoded(self, rows: np.ndarray) -> np.ndarray:
         """float32 rows from a slice of ``rows`` (decoding codes when the storage holds them)."""
