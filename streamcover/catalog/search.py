@@ -5,7 +5,7 @@ found among its ``K * fetch_factor`` nearest chunks; their union is the candidat
 set, ranked by best neighbour similarity and capped at ``max_candidates``; the
 references whose centroids are nearest the query's centroid join it. Stage 2:
 MaxMean in both directions between the query's chunks and each candidate's full chunk
-set, combined by the score rule (symmetric by default), from one similarity matrix over
+set, combined by the score rule (length-weighted by default), from one similarity matrix over
 the candidates' concatenated chunks and per-reference ``reduceat`` maxima (the value
 ``streamcover.model.maxmean.set_score`` defines); for the
 top hits, the alignment: for each query chunk, the best reference chunk, its time

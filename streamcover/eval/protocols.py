@@ -6,7 +6,7 @@
 
 A recording is a set of chunk vectors (L2-normalised); recording similarity is the
 retrieval score of ``streamcover.model.maxmean`` (both MaxMean directions combined by a
-score rule, symmetric by default). A model that gives one vector per recording (the 2DFTM
+score rule, length-weighted by default). A model that gives one vector per recording (the 2DFTM
 baseline) is the special case of sets of size one (cosine similarity under either rule).
 """
 
