@@ -17,6 +17,15 @@ from pathlib import Path
 from typing import Any
 
 
+def score_rules() -> list[str]:
+    """The values ``catalog.score_rule`` accepts (config stays the one list)."""
+    from typing import get_args
+
+    from streamcover.config import CatalogSettings
+
+    return list(get_args(CatalogSettings.model_fields["score_rule"].annotation))
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint (full-length and short queries)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +45,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="PCA dims of the 2DFTM baseline, fitted on the train split (0 = none)")
     p.add_argument("--limit-works", type=int, default=None, help="evaluate only N works")
     p.add_argument("--seed", type=int, default=0, help="seed of the query clip offsets")
-    p.add_argument("--score-rule", choices=["length_weighted", "symmetric", "shorter_first"], default=None,
+    p.add_argument("--score-rule", choices=score_rules(), default=None,
                    help="how both MaxMean directions make a score (default: catalog.score_rule, "
                         "the rule retrieval uses)")
     p.add_argument("--out", type=Path, default=None,

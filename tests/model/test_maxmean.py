@@ -135,3 +135,10 @@ def test_combine_directions_rules_on_arrays_and_tensors() -> None:
     assert t.tolist() == pytest.approx([0.8, 0.6, 0.5])
     with pytest.raises(ValueError, match="score rule"):
         combine_directions(qf, rf, qlen, rlen, "longest")  # type: ignore[arg-type]
+
+
+def test_settings_and_cli_offer_exactly_the_score_rules() -> None:
+    from streamcover.commands.eval import score_rules
+    from streamcover.model.maxmean import SCORE_RULES
+
+    assert tuple(score_rules()) == SCORE_RULES
