@@ -86,9 +86,6 @@ def configure_threads(n: int = 0) -> int:
     return threads
 
 
-_search_limits: object | None = None
-
-
 def configure_search_threads(n: int = 1) -> int:
     """Limit the BLAS libraries (numpy's and faiss's) and faiss's OpenMP pool to ``n``
     threads (0 = physical cores) for this process; return the count used.
@@ -101,7 +98,6 @@ def configure_search_threads(n: int = 1) -> int:
     the streams and processes, not to one query. Torch's own pool is
     :func:`configure_threads`'s business and is left alone.
     """
-    global _search_limits
     if n < 0:
         raise ValueError(f"thread count must be >= 0, got {n}")
     threads = n or physical_cores()
@@ -109,8 +105,8 @@ def configure_search_threads(n: int = 1) -> int:
     from threadpoolctl import threadpool_limits
 
     faiss.omp_set_num_threads(threads)
-    # Process-wide until changed again; kept so the limiter object is not collected.
-    _search_limits = threadpool_limits(limits=threads, user_api="blas")
+    # Process-wide until changed again (the limiter restores nothing unless asked to).
+    threadpool_limits(limits=threads, user_api="blas")
     return threads
 
 
