@@ -149,9 +149,7 @@ class ProjectedRows:
         if not keys.size or not fast:
             rows, lengths = self.gather(layout, segments, keys)
             return rows @ qp.T, lengths
-        first = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-        picked = torch.index_select(self.tensor, 0,
-                                    torch.from_numpy(first + np.arange(first.shape[0])))
+        picked = torch.index_select(self.tensor, 0, torch.from_numpy(_row_index(starts, lengths)))
         with torch.inference_mode():
             if self.affine is None:
                 return (picked @ torch.from_numpy(qp).T).numpy(), lengths
@@ -169,8 +167,7 @@ class ProjectedRows:
             return np.zeros((0, self.matrix.shape[0]), np.float32), lengths
         if self.order is None and held.all():
             # One fancy index over all rows (faster than a slice per reference).
-            rows = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-            return self._decoded(self.rows[rows + np.arange(rows.shape[0])]), lengths
+            return self._decoded(self.rows[_row_index(starts, lengths)]), lengths
         parts: list[np.ndarray] = []
         for key, a, n in zip(keys.tolist(), starts.tolist(), lengths.tolist(), strict=True):
             if a >= 0 and self.ref_len[key] == n:
@@ -196,3 +193,9 @@ class ProjectedRows:
         if self.codec is None:
             return rows
         return np.asarray(self.codec.sa_decode(np.ascontiguousarray(rows)), dtype=np.float32)
+
+
+def _row_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The rows ``starts[i] .. starts[i] + lengths[i] - 1`` of every key, concatenated."""
+    first = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    return first + np.arange(first.shape[0])
