@@ -102,7 +102,7 @@ def validate(model: CoverEncoder, tracks: TrackSet, cfg: TrainConfig, device: to
                           chunker=chunker)
     refs = ChunkSets.from_list(emb([tracks.feature(i) for i in range(len(tracks))]))
     # Validation keeps ByteCover3's shorter-first rule, so runs stay comparable with their
-    # earlier logs and plateau schedule (retrieval and `streamcover eval` score symmetric).
+    # earlier logs and plateau schedule (retrieval and `streamcover eval` score length-weighted).
     full, _ = full_length(refs, tracks.works, rule="shorter_first")
     short = short_queries(emb, tracks, refs, seconds=(30.0,), seed=cfg.seed, rule="shorter_first")
     return ValResult(step, full.map, full.p_at_10, full.mr1, short[30.0].map)
