@@ -120,20 +120,23 @@ class CatalogSettings(BaseModel):
     """The reference catalog and its two-stage search."""
 
     path: Path = Field(default_factory=lambda: default_cache_dir() / "catalog")
-    index: Literal["hnsw", "hnsw_sq8", "hnsw_sq4", "hnsw_pq"] = "hnsw"
-    hnsw_m: int = Field(32, ge=4)
-    hnsw_ef_construction: int = Field(200, ge=8)
-    hnsw_ef_search: int = Field(128, ge=8)
+    index: Literal["hnsw", "hnsw_sq8", "hnsw_sq4", "hnsw_pq"] = "hnsw_sq8"
+    hnsw_m: int = Field(16, ge=4)
+    hnsw_ef_construction: int = Field(100, ge=8)
+    hnsw_ef_search: int = Field(64, ge=8)
     pq_m: int = Field(64, ge=1)
+    # The index and search defaults are the configuration measured at 10k to 1M chunks
+    # (docs/catalog.md): SQ8 codes of a 128-d projection in an M=16 graph, 272 B/chunk.
     # > 0: build the HNSW graph over the embeddings' top pca_dim principal directions
-    # (4x fewer bytes per graph step at 128 of 512); stage 1 re-scores exactly, unless
-    # stage 2 screens (below).
-    pca_dim: int = Field(0, ge=0)
+    # (4x fewer bytes per graph step at 128 of 512; at or above the embedding dimension,
+    # no projection). The projection is refitted by a full rebuild as the catalog grows
+    # (catalog.index.REFIT_GROWTH). Stage 1 re-scores exactly, unless stage 2 screens.
+    pca_dim: int = Field(128, ge=0)
     # Stage 1: each query chunk's top_k nearest *distinct* references, looked for among its
     # top_k * stage1_fetch_factor nearest chunks (a nearby reference has several).
-    top_k: int = Field(50, ge=1)
-    stage1_fetch_factor: float = Field(2.0, ge=1)
-    max_candidates: int = Field(250, ge=1)
+    top_k: int = Field(72, ge=1)
+    stage1_fetch_factor: float = Field(1.0, ge=1)
+    max_candidates: int = Field(750, ge=1)
     # Approximate indexes (SQ8, PQ, pca_dim): fetch top_k x this by approximate similarity,
     # re-score exactly from the float16 store, keep top_k.
     stage1_refine: int = Field(4, ge=1)
@@ -144,8 +147,8 @@ class CatalogSettings(BaseModel):
     # Stage 1 also takes the references whose centroids (normalised mean chunk vectors)
     # are nearest the query's centroid: this many (0 = off). Needs a snapshot built by
     # this version; older ones simply have none until the next build.
-    centroid_candidates: int = Field(100, ge=0)
-    stage2_screen_leaders: int = Field(64, ge=1)
+    centroid_candidates: int = Field(180, ge=0)
+    stage2_screen_leaders: int = Field(32, ge=1)
     # How stage 2 (and exhaustive search, and `streamcover eval`) turns both MaxMean
     # directions into one score (streamcover.model.maxmean.combine_directions):
     # "length_weighted" (each direction weighted by the other set's length), "symmetric"

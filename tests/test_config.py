@@ -13,7 +13,9 @@ from streamcover.config import Settings
 def test_defaults_follow_the_papers() -> None:
     s = Settings(_env_file=None)  # type: ignore[call-arg]
     assert s.audio.window_seconds == 20.0 and s.audio.hop_seconds == 10.0
-    assert s.catalog.top_k == 50
+    # ByteCover3 takes K=50 neighbour chunks per query chunk; 72 (fetch factor 1) is the
+    # K measured to keep recall@10 >= 0.99 at 1M chunks (docs/catalog.md).
+    assert s.catalog.top_k * s.catalog.stage1_fetch_factor == 72
     assert s.kafka.security_protocol == "PLAINTEXT"
 
 

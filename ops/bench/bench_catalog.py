@@ -14,6 +14,10 @@ real queries; ``--grow-to N`` adds distractors fitted to them up to N chunks (th
 realistic stand-in for catalogs larger than the real data), or, for N below the real
 catalog's size, keeps a random subset of its references.
 
+Index and search options default to ``settings.catalog``, so a bare run measures the
+default configuration; ``--kinds hnsw,hnsw_sq8,hnsw_pq --pca-dim 0`` and the other flags
+compare alternatives.
+
 Prints one JSON object per (size, kind) and a summary table; ``--out`` saves them.
 """
 
@@ -46,7 +50,7 @@ from streamcover.catalog.synthetic import (
     fit_reference_stats,
     similarity_profile,
 )
-from streamcover.config import default_cache_dir
+from streamcover.config import CatalogSettings, default_cache_dir
 from streamcover.device import configure_search_threads
 from streamcover.model.maxmean import SCORE_RULES, ScoreRule
 
@@ -301,40 +305,58 @@ def exhaustive_top(path: Path, view: SearchView, queries: list[np.ndarray], n: i
     return out
 
 
+def host_probe_ms(reps: int = 60) -> float:
+    """Median time of a fixed single-thread workload (twenty 256x512x256 float32 products).
+
+    This VM's speed drifts by up to ~50 % between minutes; printing this next to the
+    latencies says whether a slow pass was the search or the host."""
+    a = np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        for _ in range(20):
+            (a @ a.T).max()
+        times.append(time.perf_counter() - t)
+    return round(float(np.median(times)) * 1e3, 2)
+
+
 def pct(xs: list[float], p: float) -> float:
     return float(np.percentile(np.asarray(xs) * 1e3, p))
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Index and search knobs default to settings.catalog, so a bare run measures what a
+    # catalog built and searched with the defaults does.
+    cs = CatalogSettings()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000,100000,1000000")
-    ap.add_argument("--kinds", default="hnsw,hnsw_sq8,hnsw_pq")
+    ap.add_argument("--kinds", default=cs.index, help="comma list: hnsw,hnsw_sq8,hnsw_sq4,hnsw_pq")
     ap.add_argument("--queries", type=int, default=300, help="latency queries")
-    ap.add_argument("--score-rule", choices=list(SCORE_RULES), default="length_weighted",
+    ap.add_argument("--score-rule", choices=list(SCORE_RULES), default=cs.score_rule,
                     help="stage-2 and exhaustive score (catalog.score_rule)")
     ap.add_argument("--passes", type=int, default=3,
                     help="timed passes over the latency queries (the median pass is reported)")
     ap.add_argument("--recall-queries", type=int, default=100)
-    ap.add_argument("--ks", default="50,100", help="stage-1 K values for recall")
-    ap.add_argument("--m", type=int, default=32)
-    ap.add_argument("--ef-construction", type=int, default=200)
-    ap.add_argument("--ef-search", type=int, default=128)
-    ap.add_argument("--pq-m", type=int, default=64)
-    ap.add_argument("--pca-dim", type=int, default=0,
+    ap.add_argument("--ks", default=str(cs.top_k), help="stage-1 K values for recall")
+    ap.add_argument("--m", type=int, default=cs.hnsw_m)
+    ap.add_argument("--ef-construction", type=int, default=cs.hnsw_ef_construction)
+    ap.add_argument("--ef-search", type=int, default=cs.hnsw_ef_search)
+    ap.add_argument("--pq-m", type=int, default=cs.pq_m)
+    ap.add_argument("--pca-dim", type=int, default=cs.pca_dim,
                     help="build the graph over the top N principal directions (0 = off)")
-    ap.add_argument("--refine", type=int, default=4, help="stage-1 re-scoring factor (SQ8/PQ)")
-    ap.add_argument("--top-k", type=int, default=50,
+    ap.add_argument("--refine", type=int, default=cs.stage1_refine, help="stage-1 re-scoring factor (SQ8/PQ)")
+    ap.add_argument("--top-k", type=int, default=cs.top_k,
                     help="stage-1 distinct references per query chunk (latency runs)")
-    ap.add_argument("--fetch-factor", type=float, default=2.0,
+    ap.add_argument("--fetch-factor", type=float, default=cs.stage1_fetch_factor,
                     help="chunk neighbours fetched per query chunk = K x this")
-    ap.add_argument("--max-candidates", type=int, default=250)
+    ap.add_argument("--max-candidates", type=int, default=cs.max_candidates)
     ap.add_argument("--no-screen", action="store_true",
                     help="stage 2 without projected screening (catalog.stage2_screen=false)")
-    ap.add_argument("--screen-leaders", type=int, default=64,
+    ap.add_argument("--screen-leaders", type=int, default=cs.stage2_screen_leaders,
                     help="references scored exactly after screening")
-    ap.add_argument("--centroids", type=int, default=100,
+    ap.add_argument("--centroids", type=int, default=cs.centroid_candidates,
                     help="references taken by centroid similarity (catalog.centroid_candidates)")
-    ap.add_argument("--threads", type=int, default=1, help="faiss/torch threads for queries")
+    ap.add_argument("--threads", type=int, default=cs.search_threads, help="faiss/torch threads for queries")
     ap.add_argument("--build-threads", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=default_cache_dir() / "bench")
     ap.add_argument("--out", type=Path, default=None)
@@ -408,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             # Several passes over the queries: this VM's speed drifts by 10-20 % from one
             # minute to the next, so one pass's p99 says as much about the host as about
             # the search. Each pass is reported; the headline is the median pass.
+            probe_before = host_probe_ms()
             passes: list[dict[str, float]] = []
             lat: list[float] = []
             cpu: list[float] = []
@@ -423,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                                "cpu_p99": round(pct(pc, 99), 2)})
                 lat.extend(pl)
                 cpu.extend(pc)
+            probe_after = host_probe_ms()
             mid = sorted(passes, key=lambda x: x["p99"])[len(passes) // 2]
             s1t, s2t, ncand = [], [], []
             for q in queries[: args.queries]:
@@ -489,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
                 "candidates_p50": float(np.median(ncand)),
                 "recall_vs_exhaustive": recall,
                 "load_avg_1m": os.getloadavg()[0],
+                "host_probe_ms": [probe_before, probe_after],
             }
             print(json.dumps(row), flush=True)
             results.append(row)
@@ -496,9 +521,9 @@ def main(argv: list[str] | None = None) -> int:
             del view, snap, searcher
     ks = [f"K={x}" for x in args.ks.split(",")]
     print("\n| chunks | index | build s | index B/chunk | K (latency) | p50 ms | p99 ms | "
-          "p99 each pass | CPU p50 ms | CPU p99 ms | "
+          "p99 each pass | CPU p50 ms | CPU p99 ms | host probe ms | "
           + " | ".join(f"R@1 / R@10 ({k})" for k in ks) + " |")
-    print("|---" * (10 + len(ks)) + "|")
+    print("|---" * (11 + len(ks)) + "|")
     for r in results:
         rc = r["recall_vs_exhaustive"]
         print(f"| {r['chunks']} | {r['kind']} | {r['build_seconds']:.0f} | "
@@ -506,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['latency_ms']['p99']} | "
               f"{' / '.join(str(x['p99']) for x in r['latency_ms']['passes'])} | "
               f"{r['cpu_ms']['p50']} | {r['cpu_ms']['p99']} | "
+              f"{' / '.join(str(x) for x in r['host_probe_ms'])} | "
               + " | ".join(f"{rc[k]['recall@1']:.3f} / {rc[k]['recall@10']:.3f}" for k in ks)
               + " |")
     if args.out:

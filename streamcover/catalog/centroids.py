@@ -62,23 +62,35 @@ class CentroidIndex:
     index: Any
     keys: np.ndarray  # [R] int64
 
-    def search(self, query: np.ndarray, r: int, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, query: np.ndarray, r: int, live: np.ndarray,
+               dead: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The ``r`` live references whose centroids are nearest ``query`` [1, D]:
-        (keys, similarities), best first. ``live[key]`` > 0 marks live references."""
-        import faiss
-
-        fa: Any = faiss
+        (keys, similarities), best first. ``live[key]`` > 0 marks live references;
+        ``dead`` is how many of the graph's rows are not live (removed references stay
+        until a full rebuild), so the search over-fetches only as much as they need.
+        If removed references still crowd out live ones, it searches again, wider."""
         n = int(self.index.ntotal)
         if r <= 0 or n == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        # Over-fetch: removed references stay in the graph until a full rebuild (<= 20 %).
-        k = min(n, r + r // 4 + 8)
+        if dead <= 0:
+            k = min(n, r)
+        else:
+            alive_frac = max(1.0 - dead / n, 1.0 / n)
+            k = min(n, int(np.ceil(1.1 * r / alive_frac)) + 8)
+        while True:
+            keys, sims = self._search(query, k)
+            alive = (keys < live.shape[0]) & (live[np.minimum(keys, live.shape[0] - 1)] > 0)
+            if int(alive.sum()) >= r or k >= n:
+                return keys[alive][:r], sims[alive][:r].astype(np.float32)
+            k = min(n, 2 * k)
+
+    def _search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        fa: Any = faiss
         hp = fa.SearchParametersHNSW(efSearch=max(k, 64))
         params = (fa.SearchParametersPreTransform(index_params=hp)
                   if isinstance(self.index, faiss.IndexPreTransform) else hp)
         d, i = self.index.search(query, k, params=params)
         ok = i[0] >= 0
-        keys = self.keys[i[0][ok]]
-        sims = d[0][ok]
-        alive = (keys < live.shape[0]) & (live[np.minimum(keys, live.shape[0] - 1)] > 0)
-        return keys[alive][:r], sims[alive][:r].astype(np.float32)
+        return self.keys[i[0][ok]], d[0][ok]

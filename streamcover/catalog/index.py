@@ -60,6 +60,12 @@ _BUILD_LOCK = ".build.lock"
 # Fraction of dead (tombstoned) vectors above which a rebuild starts over instead of
 # appending to the previous snapshot's graph.
 REBUILD_DEAD_FRACTION = 0.2
+# A projection or quantiser fitted on fewer than 1/REFIT_GROWTH of the rows it could be
+# fitted on now (the live chunks, up to TRAIN_ROWS) is refitted by a full rebuild: a
+# catalog that starts small would otherwise keep its first, poorly fitted projection.
+REFIT_GROWTH = 4
+TRAIN_ROWS = 100_000
+PQ_TRAIN_ROWS = 32_768  # PQ k-means cost grows with the sample; ~128 points per centroid
 log = get_logger("streamcover.catalog.index")
 
 
@@ -67,14 +73,15 @@ log = get_logger("streamcover.catalog.index")
 class IndexParams:
     """Which faiss index and its HNSW/PQ knobs (see ``settings.catalog``)."""
 
-    kind: IndexKind = "hnsw"
-    m: int = 32
-    ef_construction: int = 200
-    ef_search: int = 128
+    # The defaults are settings.catalog's (a test keeps them equal).
+    kind: IndexKind = "hnsw_sq8"
+    m: int = 16
+    ef_construction: int = 100
+    ef_search: int = 64
     pq_m: int = 64
     # > 0: the graph is built over a projection of the embeddings onto their top pca_dim
-    # principal directions (stage 1 only; neighbours are re-scored exactly).
-    pca_dim: int = 0
+    # principal directions; at or above the embedding dimension, no projection.
+    pca_dim: int = 128
 
     @classmethod
     def from_settings(cls, s: CatalogSettings) -> IndexParams:
@@ -85,10 +92,10 @@ class IndexParams:
         """Parameters that shape the graph (efSearch does not)."""
         return (self.kind, self.m, self.ef_construction, self.pq_m, self.pca_dim)
 
-    @property
-    def approximate(self) -> bool:
-        """Whether the index's own similarities are approximate (compressed or projected)."""
-        return self.kind != "hnsw" or self.pca_dim > 0
+    def approximate(self, dim: int) -> bool:
+        """Whether the index's own similarities of ``dim``-d embeddings are approximate
+        (compressed, or projected to fewer dimensions)."""
+        return self.kind != "hnsw" or 0 < self.pca_dim < dim
 
 
 def hnsw_of(index: Any) -> Any:
@@ -124,7 +131,8 @@ def make_index(dim: int, params: IndexParams, n_train: int = 0,
 
     fa: Any = faiss  # faiss's stubs miss the SWIG overloads used below
     ip = faiss.METRIC_INNER_PRODUCT
-    if params.pca_dim:
+    projected = 0 < params.pca_dim < dim
+    if projected:
         if sample is None:
             raise CatalogError("a projected index (catalog.pca_dim) needs training rows")
         proj = projection(sample, params.pca_dim)
@@ -148,7 +156,7 @@ def make_index(dim: int, params: IndexParams, n_train: int = 0,
         raise CatalogError(f"unknown index kind {params.kind!r}")
     idx.hnsw.efConstruction = params.ef_construction
     idx.hnsw.efSearch = params.ef_search
-    if params.pca_dim:
+    if projected:
         return behind_projection(idx, proj)
     return idx
 
@@ -177,6 +185,9 @@ class SnapshotManifest:
     build_seconds: float
     incremental_from: str | None
     files: dict[str, dict[str, int]]
+    # Rows the projection / quantiser ranges were fitted on (None: exact index, or a
+    # snapshot from before this was recorded). Incremental builds carry it over.
+    trained_rows: int | None = None
 
 
 @dataclass
@@ -333,6 +344,7 @@ def build_snapshot(
                 cand = None
             if cand is not None and _can_extend(cand, params, catalog, layout):
                 prev = cand
+        trained_rows = prev.manifest.trained_rows if prev is not None else None
         cindex: Any = None
         ckey_parts: list[np.ndarray] = []
         if prev is not None:
@@ -348,12 +360,12 @@ def build_snapshot(
             new_keys = layout.keys
         n_new = int(layout.n_chunks[new_keys].sum())
         if index is None:
-            # PQ k-means cost grows with the sample; 32k points is ~128 per centroid.
-            n_train = min(live_total, 32_768 if params.kind == "hnsw_pq" else 100_000)
-            sample = _sample_rows(catalog, layout, n_train) if params.approximate else None
+            n_train = _train_rows(params, live_total)
+            sample = _sample_rows(catalog, layout, n_train) if params.approximate(dim) else None
             index = make_index(dim, params, n_train, sample)
             if not index.is_trained:
                 index.train(sample)
+            trained_rows = int(sample.shape[0]) if sample is not None else None
         hnsw_of(index).efConstruction = params.ef_construction
         if cindex is None:
             cindex = make_centroid_index(dim, params.m, params.ef_construction, projection_of(index))
@@ -400,6 +412,7 @@ def build_snapshot(
                 built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 build_seconds=round(time.perf_counter() - t0, 3),
                 incremental_from=None if prev is None else prev.manifest.name, files=files,
+                trained_rows=trained_rows,
             )
             atomic_write_bytes(tmp / "manifest.json", json.dumps(asdict(manifest), indent=1).encode())
             fsync_dir(tmp)
@@ -427,7 +440,19 @@ def _can_extend(prev: Snapshot, params: IndexParams, catalog: Catalog, layout: R
     n = layout.n_chunks
     alive = (prev.ref_keys < n.shape[0]) & (n[np.minimum(prev.ref_keys, n.shape[0] - 1)] > 0)
     dead = 1.0 - float(alive.mean()) if alive.size else 0.0
-    return dead <= REBUILD_DEAD_FRACTION
+    if dead > REBUILD_DEAD_FRACTION:
+        return False
+    fitted = m.trained_rows
+    could = _train_rows(params, int(n.sum()))
+    if params.approximate(m.dim) and fitted is not None and fitted * REFIT_GROWTH < could:
+        log.info("snapshot.refit", snapshot=m.name, fitted_rows=fitted, live_rows=could)
+        return False
+    return True
+
+
+def _train_rows(params: IndexParams, live_total: int) -> int:
+    """Rows to fit a projection / quantiser on: every live chunk, up to a cap."""
+    return min(live_total, PQ_TRAIN_ROWS if params.kind == "hnsw_pq" else TRAIN_ROWS)
 
 
 def _sample_rows(catalog: Catalog, layout: RefLayout, n: int) -> np.ndarray:
@@ -550,6 +575,11 @@ class SearchView:
                 self._selector = faiss.IDSelectorBitmap(live.shape[0], faiss.swig_ptr(self._bitmap))
         else:
             self.dead_in_snapshot = 0
+        self._dead_centroids = 0
+        if snapshot is not None and snapshot.centroids is not None:
+            ck = snapshot.centroids.keys
+            self._dead_centroids = int(
+                ((ck >= n.shape[0]) | (n[np.minimum(ck, n.shape[0] - 1)] <= 0)).sum())
         # Delta: live references the snapshot does not contain, searched exactly.
         delta_keys = layout.keys[layout.added_version[layout.keys] > snap_version]
         self.delta_keys = delta_keys
@@ -654,7 +684,9 @@ class SearchView:
     @property
     def compressed(self) -> bool:
         """Whether the snapshot's similarities are approximate (compressed or projected)."""
-        return self.snapshot is not None and IndexParams(**self.snapshot.manifest.params).approximate
+        if self.snapshot is None:
+            return False
+        return IndexParams(**self.snapshot.manifest.params).approximate(self.dim)
 
     def exact_sims(self, queries: np.ndarray, keys: np.ndarray, ords: np.ndarray) -> np.ndarray:
         """Exact inner products [M, k] of each query row with chunks (keys, ords) [M, k]
@@ -749,7 +781,8 @@ class SearchView:
         qc = query_centroid(queries)
         parts_k, parts_s = [], []
         if self.snapshot is not None and self.snapshot.centroids is not None:
-            k, sims = self.snapshot.centroids.search(qc, r, self.layout.n_chunks)
+            k, sims = self.snapshot.centroids.search(qc, r, self.layout.n_chunks,
+                                                     dead=self._dead_centroids)
             parts_k.append(k)
             parts_s.append(sims)
         if self._delta_centroids is not None:

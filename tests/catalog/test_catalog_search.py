@@ -13,6 +13,7 @@ import pytest
 from catalog_helpers import MODEL, PARAMS, as_input
 
 from streamcover.catalog.index import (
+    REFIT_GROWTH,
     BackgroundBuilder,
     IndexParams,
     SearchView,
@@ -20,6 +21,7 @@ from streamcover.catalog.index import (
     SnapshotWatcher,
     build_snapshot,
     current_snapshot_path,
+    projection,
 )
 from streamcover.catalog.search import Stage1Memo, TwoStageSearcher
 from streamcover.catalog.store import (
@@ -328,11 +330,66 @@ def test_pq_snapshots_do_not_screen(make_catalog: Callable[..., Path]) -> None:
     view.close()
 
 
-def test_projection_must_be_smaller_than_the_embedding(
-    make_catalog: Callable[..., Path],
+def test_projection_at_or_above_the_embedding_dimension_is_off(
+    make_catalog: Callable[..., Path], refs: list[SyntheticRef]
 ) -> None:
+    """The default pca_dim (128) on smaller embeddings (64-d here) builds an unprojected
+    graph whose similarities are exact, rather than refusing."""
+    import faiss
+
+    for pca_dim in (64, 128):
+        params = IndexParams("hnsw", m=16, ef_construction=32, pca_dim=pca_dim)
+        view = SearchView.open(make_catalog(n=20, params=params, name=f"cat{pca_dim}"))
+        assert view.snapshot is not None
+        assert not isinstance(view.snapshot.index, faiss.IndexPreTransform)
+        assert not view.compressed and view.projected is None
+        hits = TwoStageSearcher(view).search(_query_from(refs[7], 0, 3), np.zeros(3))
+        assert hits[0].reference_id == refs[7].id
+        view.close()
     with pytest.raises(CatalogError, match="pca_dim=64"):
-        make_catalog(n=20, params=IndexParams("hnsw", m=16, ef_construction=32, pca_dim=64))
+        projection(np.ones((10, 64), np.float32), 64)
+
+
+def test_projection_is_refitted_as_the_catalog_grows(
+    make_catalog: Callable[..., Path], refs: list[SyntheticRef]
+) -> None:
+    """A projection and SQ8 ranges fitted on a small first catalog are refitted by a full
+    rebuild once the catalog has REFIT_GROWTH times the rows; smaller additions extend."""
+    params = IndexParams("hnsw_sq8", m=16, ef_construction=64, ef_search=64, pca_dim=16)
+    path = make_catalog(n=10, params=params)
+    first = json.loads((current_snapshot_path(path) / "manifest.json").read_text())  # type: ignore[operator]
+    view = SearchView.open(path)
+    assert first["trained_rows"] == view.n_chunks
+    view.close()
+    with Catalog.open(path, "a") as cat:  # a few more: extended, fit kept
+        cat.add_references([as_input(r) for r in refs[10:14]], MODEL)
+        extended = json.loads((build_snapshot(cat, params) / "manifest.json").read_text())
+    assert extended["incremental_from"] == first["name"]
+    assert extended["trained_rows"] == first["trained_rows"]
+    with Catalog.open(path, "a") as cat:  # > 4x the rows: refitted on all of them
+        cat.add_references([as_input(r) for r in refs[14:80]], MODEL)
+        refit = json.loads((build_snapshot(cat, params) / "manifest.json").read_text())
+    view = SearchView.open(path)
+    assert refit["incremental_from"] is None
+    assert refit["trained_rows"] == view.n_chunks > REFIT_GROWTH * first["trained_rows"]
+    hits = TwoStageSearcher(view).search(_query_from(refs[60], 1, 4), np.arange(4) * 10.0)
+    assert hits[0].reference_id == refs[60].id
+    view.close()
+
+
+def test_index_and_searcher_defaults_are_the_settings() -> None:
+    """One set of defaults: the library's constructors and settings.catalog agree."""
+    import inspect
+
+    from streamcover.config import CatalogSettings
+
+    s = CatalogSettings()
+    assert IndexParams() == IndexParams.from_settings(s)
+    d = {k: v.default for k, v in inspect.signature(TwoStageSearcher).parameters.items()}
+    assert (d["top_k"], d["max_candidates"], d["refine"], d["fetch_factor"], d["screen"],
+            d["screen_leaders"], d["centroid_candidates"], d["score_rule"]) == (
+        s.top_k, s.max_candidates, s.stage1_refine, s.stage1_fetch_factor, s.stage2_screen,
+        s.stage2_screen_leaders, s.centroid_candidates, s.score_rule)
 
 
 def test_snapshot_swap_while_searching(

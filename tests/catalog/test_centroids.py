@@ -126,3 +126,27 @@ def test_centroid_candidates_raise_recall_at_small_k(
             out.append(len(ex & set(tk[np.argsort(-ts, kind="stable")[:10]].tolist())) / 10)
     assert np.mean(r_cent) > np.mean(r_plain) + 0.05
     view.close()
+
+
+def test_centroid_search_refills_when_removed_references_crowd_the_top(
+    make_catalog: Callable[..., Path], refs: list[SyntheticRef]
+) -> None:
+    """Removed references stay in the centroid graph until a full rebuild. When the ones
+    nearest a query outnumber the over-fetch, the search widens instead of returning
+    fewer than asked."""
+    params = IndexParams("hnsw", m=16, ef_construction=64, ef_search=64)
+    path = make_catalog(n=80, params=params)
+    q = refs[5].vectors[1:6]
+    view = SearchView.open(path)
+    before, _ = view.centroid_candidates(q, 40)
+    nearest_ids = [view.metadata_id(int(k)) for k in before[:15]]
+    view.close()
+    with Catalog.open(path, "a") as cat:
+        for ref_id in nearest_ids:
+            cat.remove(ref_id)
+    view = SearchView.open(path)
+    assert view.snapshot is not None and view.delta_keys.size == 0
+    keys, sims = view.centroid_candidates(q, 10)
+    assert keys.tolist() == before[15:25].tolist()
+    assert np.all(np.diff(sims) <= 0)
+    view.close()
