@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from streamcover.catalog.screen import behind_projection
+from streamcover.catalog.store import live_mask
 
 
 def reference_centroids(vectors: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +80,7 @@ class CentroidIndex:
             k = min(n, int(np.ceil(1.1 * r / alive_frac)) + 8)
         while True:
             keys, sims = self._search(query, k)
-            alive = (keys < live.shape[0]) & (live[np.minimum(keys, live.shape[0] - 1)] > 0)
+            alive = live_mask(keys, live)
             if int(alive.sum()) >= r or k >= n:
                 return keys[alive][:r], sims[alive][:r].astype(np.float32)
             k = min(n, 2 * k)

@@ -28,7 +28,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -48,13 +48,14 @@ from streamcover.catalog.store import (
     RefLayout,
     atomic_write_bytes,
     fsync_dir,
+    live_mask,
 )
+from streamcover.config import CatalogSettings
 from streamcover.log import get_logger
 
-if TYPE_CHECKING:
-    from streamcover.config import CatalogSettings
-
 IndexKind = Literal["hnsw", "hnsw_sq8", "hnsw_sq4", "hnsw_pq"]
+# settings.catalog's defaults, which the library's own defaults take.
+CATALOG_DEFAULTS = CatalogSettings()
 SNAPSHOT_FORMAT = 1
 _BUILD_LOCK = ".build.lock"
 # Fraction of dead (tombstoned) vectors above which a rebuild starts over instead of
@@ -73,15 +74,15 @@ log = get_logger("streamcover.catalog.index")
 class IndexParams:
     """Which faiss index and its HNSW/PQ knobs (see ``settings.catalog``)."""
 
-    # The defaults are settings.catalog's (a test keeps them equal).
-    kind: IndexKind = "hnsw_sq8"
-    m: int = 16
-    ef_construction: int = 100
-    ef_search: int = 64
-    pq_m: int = 64
+    # The defaults are settings.catalog's.
+    kind: IndexKind = CATALOG_DEFAULTS.index
+    m: int = CATALOG_DEFAULTS.hnsw_m
+    ef_construction: int = CATALOG_DEFAULTS.hnsw_ef_construction
+    ef_search: int = CATALOG_DEFAULTS.hnsw_ef_search
+    pq_m: int = CATALOG_DEFAULTS.pq_m
     # > 0: the graph is built over a projection of the embeddings onto their top pca_dim
     # principal directions; at or above the embedding dimension, no projection.
-    pca_dim: int = 128
+    pca_dim: int = CATALOG_DEFAULTS.pca_dim
 
     @classmethod
     def from_settings(cls, s: CatalogSettings) -> IndexParams:
@@ -438,7 +439,7 @@ def _can_extend(prev: Snapshot, params: IndexParams, catalog: Catalog, layout: R
     if m.store_version > catalog.version:
         return False
     n = layout.n_chunks
-    alive = (prev.ref_keys < n.shape[0]) & (n[np.minimum(prev.ref_keys, n.shape[0] - 1)] > 0)
+    alive = live_mask(prev.ref_keys, n)
     dead = 1.0 - float(alive.mean()) if alive.size else 0.0
     if dead > REBUILD_DEAD_FRACTION:
         return False
@@ -567,7 +568,7 @@ class SearchView:
         if snapshot is not None:
             snap_version = snapshot.manifest.store_version
             keys = snapshot.ref_keys
-            live = (keys < n.shape[0]) & (n[np.minimum(keys, n.shape[0] - 1)] > 0)
+            live = live_mask(keys, n)
             self.dead_in_snapshot = int((~live).sum())
             if self.dead_in_snapshot:
                 # Bit i set = faiss position i is live; HNSW then returns only live neighbours.
@@ -577,9 +578,7 @@ class SearchView:
             self.dead_in_snapshot = 0
         self._dead_centroids = 0
         if snapshot is not None and snapshot.centroids is not None:
-            ck = snapshot.centroids.keys
-            self._dead_centroids = int(
-                ((ck >= n.shape[0]) | (n[np.minimum(ck, n.shape[0] - 1)] <= 0)).sum())
+            self._dead_centroids = int((~live_mask(snapshot.centroids.keys, n)).sum())
         # Delta: live references the snapshot does not contain, searched exactly.
         delta_keys = layout.keys[layout.added_version[layout.keys] > snap_version]
         self.delta_keys = delta_keys

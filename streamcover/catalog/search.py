@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from streamcover.catalog.index import SearchView, SnapshotWatcher
+from streamcover.catalog.index import CATALOG_DEFAULTS, SearchView, SnapshotWatcher
 from streamcover.catalog.store import ModelMismatchError, normalise_rows
 from streamcover.model.maxmean import SCORE_RULES, ScoreRule, combine_directions
 
@@ -91,16 +91,16 @@ class TwoStageSearcher:
         self,
         source: SearchView | SnapshotWatcher,
         *,
-        top_k: int = 72,
-        max_candidates: int = 750,
-        refine: int = 4,
-        fetch_factor: float = 1.0,
+        top_k: int = CATALOG_DEFAULTS.top_k,
+        max_candidates: int = CATALOG_DEFAULTS.max_candidates,
+        refine: int = CATALOG_DEFAULTS.stage1_refine,
+        fetch_factor: float = CATALOG_DEFAULTS.stage1_fetch_factor,
         model_id: str | None = None,
         device: str = "cpu",
-        screen: bool = True,
-        screen_leaders: int = 32,
-        centroid_candidates: int = 180,
-        score_rule: ScoreRule = "length_weighted",
+        screen: bool = CATALOG_DEFAULTS.stage2_screen,
+        screen_leaders: int = CATALOG_DEFAULTS.stage2_screen_leaders,
+        centroid_candidates: int = CATALOG_DEFAULTS.centroid_candidates,
+        score_rule: ScoreRule = CATALOG_DEFAULTS.score_rule,
     ) -> None:
         if score_rule not in SCORE_RULES:
             raise ValueError(f"unknown score rule {score_rule!r}; expected one of {SCORE_RULES}")

@@ -248,6 +248,16 @@ class RefLayout:
     starts: np.ndarray  # [total live chunks] float32, per reference in ordinal order
 
 
+def live_mask(keys: np.ndarray, n_chunks: np.ndarray) -> np.ndarray:
+    """Which of ``keys`` name live references, given ``RefLayout.n_chunks`` (indexed by
+    key; 0 for removed ones, and keys past its end are unknown to the layout)."""
+    keys = np.asarray(keys)
+    inside = (keys >= 0) & (keys < n_chunks.shape[0])
+    if not n_chunks.size:
+        return inside
+    return inside & (n_chunks[np.where(inside, keys, 0)] > 0)
+
+
 _REF_COLUMNS = (
     "key, id, title, artist, rights_holder, duration, extra, content_hash, source_path, "
     "added_at, added_version, tombstone, n_chunks"
