@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             # Warm the page cache and metadata cache, then time.
             for q in queries[:20]:
                 searcher.search(q, starts)
-            # Several passes over the queries: this VM's speed drifts by 10-20 % from one
+            # Several passes over the queries: this VM's speed drifts by 10-50 % from one
             # minute to the next, so one pass's p99 says as much about the host as about
             # the search. Each pass is reported; the headline is the median pass.
             probe_before = host_probe_ms()
