@@ -116,11 +116,15 @@ class EncoderSettings(BaseModel):
     cpu_precision: Literal["fp32", "bf16"] = "fp32"
 
 
+# The faiss index kinds a catalog snapshot can be built as (streamcover.catalog.index).
+IndexKind = Literal["hnsw", "hnsw_sq8", "hnsw_sq4", "hnsw_pq"]
+
+
 class CatalogSettings(BaseModel):
     """The reference catalog and its two-stage search."""
 
     path: Path = Field(default_factory=lambda: default_cache_dir() / "catalog")
-    index: Literal["hnsw", "hnsw_sq8", "hnsw_sq4", "hnsw_pq"] = "hnsw_sq8"
+    index: IndexKind = "hnsw_sq8"
     hnsw_m: int = Field(16, ge=4)
     hnsw_ef_construction: int = Field(100, ge=8)
     hnsw_ef_search: int = Field(64, ge=8)

@@ -28,7 +28,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -50,10 +50,9 @@ from streamcover.catalog.store import (
     fsync_dir,
     live_mask,
 )
-from streamcover.config import CatalogSettings
+from streamcover.config import CatalogSettings, IndexKind
 from streamcover.log import get_logger
 
-IndexKind = Literal["hnsw", "hnsw_sq8", "hnsw_sq4", "hnsw_pq"]
 # settings.catalog's defaults, which the library's own defaults take.
 CATALOG_DEFAULTS = CatalogSettings()
 SNAPSHOT_FORMAT = 1
