@@ -119,6 +119,9 @@ class EncoderSettings(BaseModel):
 # The faiss index kinds a catalog snapshot can be built as (streamcover.catalog.index).
 IndexKind = Literal["hnsw", "hnsw_sq8", "hnsw_sq4", "hnsw_pq"]
 
+# How two chunk sets' MaxMean directions combine into one score (streamcover.model.maxmean).
+ScoreRule = Literal["length_weighted", "symmetric", "shorter_first"]
+
 
 class CatalogSettings(BaseModel):
     """The reference catalog and its two-stage search."""
@@ -159,7 +162,7 @@ class CatalogSettings(BaseModel):
     # (their mean) or ByteCover3's "shorter_first". Length-weighted ranked held-out SHS
     # covers better than shorter-first at every query length and scores a short query as
     # shorter-first does, which keeps first-window detection (docs/training.md).
-    score_rule: Literal["length_weighted", "symmetric", "shorter_first"] = "length_weighted"
+    score_rule: ScoreRule = "length_weighted"
     # Threads one query may use in faiss and BLAS (0 = physical cores), set process-wide
     # when a searcher opens. One: split queries wait on each other's threads, which is
     # what sets p99 on a small shared machine (streamcover.device.configure_search_threads).

@@ -18,12 +18,14 @@ All take raw vectors and L2-normalise them unless ``normalized=True``.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, TypeVar, get_args
+from typing import NamedTuple, TypeVar, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from streamcover.config import ScoreRule
 
 _NEG = float("-inf")
 
@@ -32,7 +34,6 @@ _NEG = float("-inf")
 #   of similar length get both directions about equally instead of one picked by a chunk.
 # "symmetric": the mean of MaxMean(query, ref) and MaxMean(ref, query).
 # "shorter_first": ByteCover3's rule, MaxMean with the shorter set first.
-ScoreRule = Literal["length_weighted", "symmetric", "shorter_first"]
 SCORE_RULES: tuple[str, ...] = get_args(ScoreRule)
 
 _Scores = TypeVar("_Scores", np.ndarray, Tensor)

@@ -405,8 +405,10 @@ def _warm_start(model: CoverEncoder, heads: nn.Module, source: Path, enc_cfg: En
     except Exception:  # load_checkpoint below names what is wrong
         src = None
     if isinstance(src, dict) and src.get("format") == STATE_FORMAT:
-        if src["encoder_config"] != enc_cfg.to_dict():
-            raise TrainError(f"--init-from {source}: its encoder config differs from this run's")
+        changed = _stride_only_changes(EncoderConfig.from_dict(src["encoder_config"]), enc_cfg)
+        if changed is None:
+            raise TrainError(f"--init-from {source}: its encoder config differs from this run's "
+                             "in more than its strides")
         model.load_state_dict(src["model"])
         heads_state = heads.state_dict()
         same = {k: v for k, v in src["heads"].items()
@@ -414,15 +416,40 @@ def _warm_start(model: CoverEncoder, heads: nn.Module, source: Path, enc_cfg: En
         heads.load_state_dict(same, strict=False)
         return {"init_from": str(source), "kind": "training state",
                 "source_step": int(src["step"]), "source_elapsed_s": float(src["elapsed_s"]),
-                "heads_loaded": sorted(same)}
+                "heads_loaded": sorted(same), "stride_changes": changed}
     try:
-        loaded = load_checkpoint(source, expect=enc_cfg)
+        loaded = load_checkpoint(source)
+        changed = _stride_only_changes(loaded.cfg, enc_cfg)
+        if changed is None:
+            raise CheckpointError(
+                "its encoder differs from this run's in more than its strides: "
+                + "; ".join(f"{k} {v[0]!r} != {v[1]!r}" for k, v in
+                            _config_changes(loaded.cfg, enc_cfg).items()))
     except CheckpointError as exc:
         raise TrainError(f"--init-from {source} is neither a training state nor a usable "
                          f"model checkpoint: {exc}") from exc
     model.load_state_dict(loaded.model.state_dict())
     return {"init_from": str(source), "kind": "model checkpoint", "model_id": loaded.model_id,
-            "heads_loaded": []}
+            "heads_loaded": [], "stride_changes": changed}
+
+
+# Encoder fields that set how far the feature maps are strided and never a parameter's
+# shape: weights trained at one time resolution can seed a run at another (a finer time
+# axis was the sixth session's lead; docs/training.md).
+_STRIDE_FIELDS = frozenset({"name", "stem_stride", "stem_pool_stride", "stage_strides"})
+
+
+def _config_changes(a: EncoderConfig, b: EncoderConfig) -> dict[str, tuple[Any, Any]]:
+    da, db = a.to_dict(), b.to_dict()
+    return {k: (da.get(k), db.get(k)) for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)}
+
+
+def _stride_only_changes(src: EncoderConfig, dst: EncoderConfig) -> dict[str, list[Any]] | None:
+    """The stride fields that differ (source, run), or None when anything else differs."""
+    changes = _config_changes(src, dst)
+    if set(changes) - _STRIDE_FIELDS:
+        return None
+    return {k: [v[0], v[1]] for k, v in changes.items() if k != "name"}
 
 
 def _print(msg: str) -> None:

@@ -104,6 +104,13 @@ def test_warm_start_from_a_shipped_model_checkpoint(shs_real_slice: ShsData,
     with pytest.raises(TrainError, match="neither a training state nor a usable model"):
         train(_config(max_steps=1), tr, None, tmp_path / "y", progress=False,
               init_from=tmp_path / "other.pt")
+    # A model trained at another time resolution seeds a run at this one: strides change
+    # no parameter's shape, and the change is recorded.
+    finer = _config(encoder_overrides={**TINY_ENCODER, "stem_pool_stride": None})
+    train(finer.model_copy(update={"max_steps": 1}), tr, None, tmp_path / "fine",
+          progress=False, init_from=model_pt)
+    init = json.loads((tmp_path / "fine" / "init.json").read_text())
+    assert init["stride_changes"] == {"stem_pool_stride": [list(enc_cfg.stem_pool_stride), None]}
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(TrainError, match=r"junk\.pt"):
         train(_config(max_steps=1), tr, None, tmp_path / "z", progress=False,
