@@ -168,12 +168,7 @@ def _check_fits(cfg: EncoderConfig, state: Mapping[str, Tensor], where: str) -> 
 
 
 def _config_diff(a: EncoderConfig, b: EncoderConfig) -> list[str]:
-    da, db = a.to_dict(), b.to_dict()
-    return [
-        f"{k}: checkpoint {da.get(k)!r} != expected {db.get(k)!r}"
-        for k in da
-        if da.get(k) != db.get(k)
-    ]
+    return [f"{k}: checkpoint {x!r} != expected {y!r}" for k, (x, y) in a.changes_to(b).items()]
 
 
 def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -108,6 +108,11 @@ class EncoderConfig(BaseModel):
             r *= st
         return r
 
+    def changes_to(self, other: EncoderConfig) -> dict[str, tuple[Any, Any]]:
+        """Fields whose values differ, as ``{field: (self's, other's)}`` in JSON form."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (lists, not tuples) for checkpoints."""
         return json.loads(self.model_dump_json())

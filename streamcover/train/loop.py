@@ -423,8 +423,8 @@ def _warm_start(model: CoverEncoder, heads: nn.Module, source: Path, enc_cfg: En
         if changed is None:
             raise CheckpointError(
                 "its encoder differs from this run's in more than its strides: "
-                + "; ".join(f"{k} {v[0]!r} != {v[1]!r}" for k, v in
-                            _config_changes(loaded.cfg, enc_cfg).items()))
+                + "; ".join(f"{k} {x!r} != {y!r}"
+                            for k, (x, y) in loaded.cfg.changes_to(enc_cfg).items()))
     except CheckpointError as exc:
         raise TrainError(f"--init-from {source} is neither a training state nor a usable "
                          f"model checkpoint: {exc}") from exc
@@ -434,19 +434,14 @@ def _warm_start(model: CoverEncoder, heads: nn.Module, source: Path, enc_cfg: En
 
 
 # Encoder fields that set how far the feature maps are strided and never a parameter's
-# shape: weights trained at one time resolution can seed a run at another (a finer time
-# axis was the sixth session's lead; docs/training.md).
+# shape: weights trained at one time resolution can seed a run at another (the seventh
+# session's finer time axis; docs/training.md).
 _STRIDE_FIELDS = frozenset({"name", "stem_stride", "stem_pool_stride", "stage_strides"})
-
-
-def _config_changes(a: EncoderConfig, b: EncoderConfig) -> dict[str, tuple[Any, Any]]:
-    da, db = a.to_dict(), b.to_dict()
-    return {k: (da.get(k), db.get(k)) for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)}
 
 
 def _stride_only_changes(src: EncoderConfig, dst: EncoderConfig) -> dict[str, list[Any]] | None:
     """The stride fields that differ (source, run), or None when anything else differs."""
-    changes = _config_changes(src, dst)
+    changes = src.changes_to(dst)
     if set(changes) - _STRIDE_FIELDS:
         return None
     return {k: [v[0], v[1]] for k, v in changes.items() if k != "name"}
