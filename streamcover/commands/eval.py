@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--score-rule", choices=score_rules(), default=None,
                    help="how both MaxMean directions make a score (default: catalog.score_rule, "
                         "the rule retrieval uses)")
+    p.add_argument("--hop-seconds", type=float, default=None,
+                   help="chunk hop of queries and references (default: settings "
+                        "audio.hop_seconds, what the catalog and the monitor use)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: ~/.cache/streamcover/eval/<checkpoint name>)")
     p.add_argument("--device", default="auto")
@@ -118,17 +121,23 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(f"features have {tracks.n_bins} bins; {ckpt_path.name} expects "
                        f"{loaded.cfg.in_bins} ({loaded.cfg.frontend})")
 
+    hop_s = args.hop_seconds if args.hop_seconds is not None else settings.audio.hop_seconds
+    if not 0 < hop_s <= settings.audio.window_seconds:
+        raise CliError(f"--hop-seconds must be in (0, {settings.audio.window_seconds}], got {hop_s}")
+    window_s, min_s = settings.audio.window_seconds, settings.audio.min_clip_seconds
     systems: dict[str, SetEmbedder] = {}
     if not args.no_model:
         systems[f"model ({loaded.model_id})"] = EncoderEmbedder(
-            loaded.model, tracks.frames_per_second, device=device)
+            loaded.model, tracks.frames_per_second, device=device, window_s=window_s,
+            hop_s=hop_s, min_s=min_s)
     if "untrained" in baselines:
         import torch
 
         torch.manual_seed(args.seed)
         untrained = CoverEncoder(loaded.cfg).to(device).eval()
         systems["untrained encoder"] = EncoderEmbedder(untrained, tracks.frames_per_second,
-                                                       device=device)
+                                                       device=device, window_s=window_s,
+                                                       hop_s=hop_s, min_s=min_s)
     if "2dftm" in baselines:
         if loaded.cfg.frontend != "hpcp":
             print("2DFTM baseline needs chroma (HPCP) features; skipped for", loaded.cfg.frontend)
@@ -151,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
     doc = {"checkpoint": str(ckpt_path), "model_id": loaded.model_id, "data": data_desc,
            "works": tracks.n_works, "recordings": len(tracks), "durations_s": durations,
            "clip_seed": args.seed, "similarity": "MaxMean over L2-normalised chunk embeddings",
-           "score_rule": rule,
+           "score_rule": rule, "window_s": window_s, "hop_s": hop_s,
            "results": results}
     save_json(doc, out_dir / "eval.json")
     save_plot(results, out_dir / "eval.png", f"{tracks.n_works} held-out works")

@@ -82,7 +82,7 @@ def make_model_id(name: str, digest: str) -> str:
 def _export_state(model: nn.Module, half: bool) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for k, v in model.state_dict().items():
-        t = v.detach().cpu().clone()
+        t = v.detach().cpu().clone(memory_format=torch.contiguous_format)
         if half and t.is_floating_point():
             t = t.half()
         elif t.is_floating_point():

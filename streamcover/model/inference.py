@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from streamcover.config import Settings, get_settings
-from streamcover.device import autocast, configure_threads, select_device
+from streamcover.device import autocast, configure_threads, select_device, to_channels_last
 from streamcover.model.checkpoint import load_checkpoint, make_model_id, weights_sha256
 from streamcover.model.config import EncoderConfig
 from streamcover.model.net import CoverEncoder
@@ -77,7 +77,7 @@ class Encoder:
         # CPU bf16: a bf16 copy of the folded weights (faster than autocast's per-op casts).
         self._input_dtype = torch.float32
         if optimize:
-            folded = fold_for_inference(self.model).to(self.device)
+            folded = to_channels_last(fold_for_inference(self.model), self.device)
             if self.device.type == "cpu" and self.settings.encoder.cpu_precision == "bf16":
                 folded = folded.to(torch.bfloat16)
                 self._input_dtype = torch.bfloat16
@@ -195,6 +195,8 @@ class Encoder:
 
     def _forward(self, x: torch.Tensor) -> np.ndarray:
         x = x.to(self.device, dtype=self._input_dtype, non_blocking=True)
+        if self._optimized:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast(self.device):
             if self._optimized:
                 y = self._runner(x)

@@ -8,6 +8,8 @@ them stable (speed work happens on a copy at load time, see ``optimize.py``).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -234,3 +236,50 @@ class CoverEncoder(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+
+_BLOCK_KEY = re.compile(r"^(layers\.(\d+)\.(\d+))\.")
+
+
+def load_into_deeper(model: CoverEncoder, state: Mapping[str, Tensor]) -> list[str]:
+    """Load ``state`` from an encoder with the same widths and at most as many blocks per
+    stage as ``model``; return the names of the blocks the source did not have.
+
+    Those blocks become identities (their last BatchNorm's scale and shift are zeroed,
+    and a block's input is already non-negative), so the deeper encoder starts out
+    computing exactly what the source computed: a warm start that adds capacity
+    (docs/training.md, eighth session). Raises ``ValueError`` when the state does not
+    fit that way.
+    """
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a weight of another shape
+        raise ValueError(str(exc).splitlines()[-1].strip()) from exc
+    if result.unexpected_keys:
+        raise ValueError("the source has weights this encoder lacks: "
+                         + ", ".join(sorted(result.unexpected_keys)[:4]))
+    new_blocks: dict[int, set[int]] = {}
+    for key in result.missing_keys:
+        m = _BLOCK_KEY.match(key)
+        if m is None:
+            raise ValueError(f"the source lacks {key}, which is not part of a residual block")
+        new_blocks.setdefault(int(m.group(2)), set()).add(int(m.group(3)))
+    names = []
+    for stage, blocks in sorted(new_blocks.items()):
+        stage_blocks = model.layers[stage]
+        assert isinstance(stage_blocks, nn.Sequential)
+        n = len(stage_blocks)
+        if sorted(blocks) != list(range(min(blocks), n)) or min(blocks) == 0:
+            raise ValueError(f"stage {stage}: the source's blocks are not a prefix of this "
+                             f"encoder's (new blocks {sorted(blocks)} of {n})")
+        for b in sorted(blocks):
+            block = stage_blocks[b]
+            assert isinstance(block, Bottleneck)
+            if block.downsample is not None:
+                raise ValueError(f"block layers.{stage}.{b} changes shape; cannot be an identity")
+            with torch.no_grad():
+                block.bn3.weight.zero_()
+                block.bn3.bias.zero_()
+            names.append(f"layers.{stage}.{b}")
+    return names

@@ -33,7 +33,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from streamcover.device import configure_threads, gpu_autocast_dtype, select_device
+from streamcover.device import (
+    configure_threads,
+    gpu_autocast_dtype,
+    select_device,
+    to_channels_last,
+)
 from streamcover.eval.embedders import EncoderEmbedder
 from streamcover.eval.protocols import ChunkSets, full_length, short_queries
 from streamcover.log import get_logger
@@ -44,7 +49,7 @@ from streamcover.model.checkpoint import (
     save_checkpoint,
 )
 from streamcover.model.config import EncoderConfig
-from streamcover.model.net import CoverEncoder
+from streamcover.model.net import CoverEncoder, load_into_deeper
 from streamcover.train.batches import Chunker, PKBatchSampler
 from streamcover.train.config import TrainConfig
 from streamcover.train.losses import MultiLoss
@@ -135,6 +140,7 @@ def encode_groups(model: CoverEncoder, groups: list[np.ndarray], owners: list[np
     pooled_parts = []
     for g, chunks in enumerate(groups):
         x = model.normalize_input(model.check_input(torch.from_numpy(chunks).unsqueeze(1).to(device)))
+        x = x.contiguous(memory_format=torch.channels_last)
         ctx = frozen_bn_stats(model) if g > 0 else contextlib.nullcontext()
         with ctx:
             pooled_parts.append(model.pool(model.backbone(x)))
@@ -221,7 +227,7 @@ def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None,
     if train_tracks.n_bins != enc_cfg.in_bins:
         raise TrainError(f"training features have {train_tracks.n_bins} bins; the "
                          f"{cfg.frontend} encoder expects {enc_cfg.in_bins}")
-    model = CoverEncoder(enc_cfg).to(device)
+    model = to_channels_last(CoverEncoder(enc_cfg), device)
     n_classes = int(train_tracks.labels.max()) + 1
     lc = cfg.loss
     heads = MultiLoss(
@@ -405,46 +411,64 @@ def _warm_start(model: CoverEncoder, heads: nn.Module, source: Path, enc_cfg: En
     except Exception:  # load_checkpoint below names what is wrong
         src = None
     if isinstance(src, dict) and src.get("format") == STATE_FORMAT:
-        changed = _stride_only_changes(EncoderConfig.from_dict(src["encoder_config"]), enc_cfg)
+        changed = _warm_startable_changes(EncoderConfig.from_dict(src["encoder_config"]),
+                                          enc_cfg)
         if changed is None:
             raise TrainError(f"--init-from {source}: its encoder config differs from this run's "
-                             "in more than its strides")
-        model.load_state_dict(src["model"])
+                             "in more than its strides and added blocks")
+        new_blocks = _load_encoder(model, src["model"], source)
         heads_state = heads.state_dict()
         same = {k: v for k, v in src["heads"].items()
                 if k in heads_state and heads_state[k].shape == v.shape}
         heads.load_state_dict(same, strict=False)
         return {"init_from": str(source), "kind": "training state",
                 "source_step": int(src["step"]), "source_elapsed_s": float(src["elapsed_s"]),
-                "heads_loaded": sorted(same), "stride_changes": changed}
+                "heads_loaded": sorted(same), "config_changes": changed,
+                "new_blocks": new_blocks}
     try:
         loaded = load_checkpoint(source)
-        changed = _stride_only_changes(loaded.cfg, enc_cfg)
+        changed = _warm_startable_changes(loaded.cfg, enc_cfg)
         if changed is None:
             raise CheckpointError(
-                "its encoder differs from this run's in more than its strides: "
-                + "; ".join(f"{k} {x!r} != {y!r}"
-                            for k, (x, y) in loaded.cfg.changes_to(enc_cfg).items()))
+                "its encoder differs from this run's in more than its strides and added "
+                "blocks: " + "; ".join(f"{k} {x!r} != {y!r}"
+                                       for k, (x, y) in loaded.cfg.changes_to(enc_cfg).items()))
     except CheckpointError as exc:
         raise TrainError(f"--init-from {source} is neither a training state nor a usable "
                          f"model checkpoint: {exc}") from exc
-    model.load_state_dict(loaded.model.state_dict())
+    new_blocks = _load_encoder(model, loaded.model.state_dict(), source)
     return {"init_from": str(source), "kind": "model checkpoint", "model_id": loaded.model_id,
-            "heads_loaded": [], "stride_changes": changed}
+            "heads_loaded": [], "config_changes": changed, "new_blocks": new_blocks}
 
 
-# Encoder fields that set how far the feature maps are strided and never a parameter's
-# shape: weights trained at one time resolution can seed a run at another (the seventh
-# session's finer time axis; docs/training.md).
-_STRIDE_FIELDS = frozenset({"name", "stem_stride", "stem_pool_stride", "stage_strides"})
+# Encoder fields a warm start may change. Strides set how far the feature maps are
+# strided and never a parameter's shape: weights trained at one time resolution can
+# seed a run at another (the seventh session's finer time axis). More blocks per stage
+# start as identities (``load_into_deeper``): the eighth session's deeper encoder.
+_WARM_START_FIELDS = frozenset({"name", "stem_stride", "stem_pool_stride", "stage_strides",
+                                "layers"})
 
 
-def _stride_only_changes(src: EncoderConfig, dst: EncoderConfig) -> dict[str, list[Any]] | None:
-    """The stride fields that differ (source, run), or None when anything else differs."""
+def _warm_startable_changes(src: EncoderConfig,
+                            dst: EncoderConfig) -> dict[str, list[Any]] | None:
+    """The fields that differ (source, run), or None when the source cannot seed the run:
+    a field outside ``_WARM_START_FIELDS`` differs, or a stage loses blocks."""
     changes = src.changes_to(dst)
-    if set(changes) - _STRIDE_FIELDS:
+    if set(changes) - _WARM_START_FIELDS:
         return None
+    if "layers" in changes:
+        old, new = changes["layers"]
+        if len(old) != len(new) or any(a > b for a, b in zip(old, new, strict=True)):
+            return None
     return {k: [v[0], v[1]] for k, v in changes.items() if k != "name"}
+
+
+def _load_encoder(model: CoverEncoder, state: dict[str, Tensor], source: Path) -> list[str]:
+    """Load the source's encoder weights; blocks it lacks start as identities."""
+    try:
+        return load_into_deeper(model, state)
+    except ValueError as exc:
+        raise TrainError(f"--init-from {source}: {exc}") from exc
 
 
 def _print(msg: str) -> None:

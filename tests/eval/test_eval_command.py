@@ -24,19 +24,26 @@ def test_eval_writes_figures_under_the_chosen_score_rule(tmp_path: Path) -> None
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": [], "val": [], "test": sorted({r[0] for r in recs})}))
     docs = {}
+    base = [sys.executable, "-m", "streamcover", "eval", "--checkpoint", str(CHECKPOINT),
+            "--shs", str(npz), "--split-file", str(split), "--split", "test",
+            "--baselines", "none", "--durations", "30", "--threads", "1"]
     for rule in ("shorter_first", None):
         out = tmp_path / f"out-{rule}"
-        cmd = [sys.executable, "-m", "streamcover", "eval", "--checkpoint", str(CHECKPOINT),
-               "--shs", str(npz), "--split-file", str(split), "--split", "test",
-               "--baselines", "none", "--durations", "30", "--threads", "1", "--out", str(out)]
+        cmd = [*base, "--out", str(out)]
         if rule:
-            cmd += ["--score-rule", rule]
+            cmd += ["--score-rule", rule, "--hop-seconds", "5"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         docs[rule] = json.loads((out / "eval.json").read_text())
         assert (out / "eval.png").stat().st_size > 0
     assert docs["shorter_first"]["score_rule"] == "shorter_first"
     assert docs[None]["score_rule"] == "length_weighted"  # catalog.score_rule's default
+    # The chunk hop is the monitor's (audio.hop_seconds) unless asked otherwise.
+    assert docs[None]["hop_s"] == 10.0 and docs["shorter_first"]["hop_s"] == 5.0
+    assert docs[None]["window_s"] == 20.0
+    too_long = subprocess.run([*base, "--hop-seconds", "25"], capture_output=True, text=True,
+                              timeout=120)
+    assert too_long.returncode != 0 and "--hop-seconds must be in (0, 20.0]" in too_long.stderr
     for doc in docs.values():
         (model,) = [v for k, v in doc["results"].items() if k.startswith("model")]
         assert doc["recordings"] == 24 and 0 < model["full"]["map"] <= 1

@@ -99,3 +99,38 @@ def test_config_validation_and_round_trip() -> None:
     assert EncoderConfig.paper("cqt").out_pitch_bins() == 6
     assert EncoderConfig.paper("hpcp").out_pitch_bins() == 3
     assert EncoderConfig.paper("cqt").time_reduction() == 16
+
+
+def test_a_deeper_encoder_warm_starts_as_the_same_function() -> None:
+    """Blocks appended to stages start as identities: same embeddings, train and eval."""
+    from streamcover.model.net import load_into_deeper
+
+    cfg = EncoderConfig.compact("hpcp", layers=(1, 1, 1, 1), widths=(4, 8, 8, 16),
+                                stem_channels=8, embed_dim=16)
+    torch.manual_seed(0)
+    shallow = CoverEncoder(cfg)
+    # Make every BatchNorm non-trivial, as after training (a fresh one is the identity).
+    for m in shallow.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.bias, -0.2, 0.2)
+    deep = CoverEncoder(cfg.model_copy(update={"layers": (2, 1, 3, 2)}))
+    new = load_into_deeper(deep, shallow.state_dict())
+    assert new == ["layers.0.1", "layers.2.1", "layers.2.2", "layers.3.1"]
+    x = torch.rand(6, 1, 12, 43)
+    for mode in (True, False):
+        shallow.train(mode)
+        deep.train(mode)
+        with torch.no_grad():
+            assert torch.allclose(deep(x).embedding, shallow(x).embedding, atol=1e-6)
+    # Gradients reach the new blocks, so they can learn.
+    deep.train()
+    deep(x).embedding.pow(2).sum().backward()
+    assert deep.layers[2][2].bn3.weight.grad is not None
+    assert deep.layers[2][2].bn3.weight.grad.abs().sum() > 0
+    # Fewer blocks, or other widths, are refused by name.
+    with pytest.raises(ValueError, match="lacks"):
+        load_into_deeper(CoverEncoder(cfg), deep.state_dict())
+    wide = CoverEncoder(cfg.model_copy(update={"widths": (4, 8, 8, 32)}))
+    with pytest.raises(ValueError, match="size mismatch"):
+        load_into_deeper(wide, shallow.state_dict())

@@ -110,7 +110,18 @@ def test_warm_start_from_a_shipped_model_checkpoint(shs_real_slice: ShsData,
     train(finer.model_copy(update={"max_steps": 1}), tr, None, tmp_path / "fine",
           progress=False, init_from=model_pt)
     init = json.loads((tmp_path / "fine" / "init.json").read_text())
-    assert init["stride_changes"] == {"stem_pool_stride": [list(enc_cfg.stem_pool_stride), None]}
+    assert init["config_changes"] == {"stem_pool_stride": [list(enc_cfg.stem_pool_stride), None]}
+    # A deeper encoder too: the source's blocks come first, the new ones start as identities.
+    deeper = _config(encoder_overrides={**TINY_ENCODER, "layers": [1, 2, 1, 2]})
+    train(deeper.model_copy(update={"max_steps": 1}), tr, None, tmp_path / "deep",
+          progress=False, init_from=model_pt)
+    init = json.loads((tmp_path / "deep" / "init.json").read_text())
+    assert init["new_blocks"] == ["layers.1.1", "layers.3.1"]
+    assert init["config_changes"] == {"layers": [[1, 1, 1, 1], [1, 2, 1, 2]]}
+    shallower = _config(encoder_overrides={**TINY_ENCODER, "layers": [1, 1, 1, 1]})
+    with pytest.raises(TrainError, match="strides and added blocks"):
+        train(shallower.model_copy(update={"max_steps": 1}), tr, None, tmp_path / "shallow",
+              progress=False, init_from=tmp_path / "deep" / "last.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(TrainError, match=r"junk\.pt"):
         train(_config(max_steps=1), tr, None, tmp_path / "z", progress=False,
