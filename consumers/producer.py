@@ -8,6 +8,7 @@ Kafka producer is idempotent (acks=all), so its own retries never duplicate a fr
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 import uuid
@@ -43,6 +44,7 @@ class FramePublisher:
         self._pending = np.zeros(0, dtype=np.float32)
         self._t0: float | None = None
         self.sent_frames = 0
+        self.skipped_samples = 0
 
     async def _send(self, samples: np.ndarray, eos: bool) -> None:
         if self.realtime:
@@ -70,6 +72,21 @@ class FramePublisher:
         while self._pending.size >= self.frame_samples:
             chunk, self._pending = self._pending[: self.frame_samples], self._pending[self.frame_samples :]
             await self._send(chunk, eos=False)
+
+    def skip(self, samples: int) -> None:
+        """Account for audio lost before it could be sent (a live source over capacity).
+
+        The partial frame waiting here is lost with it, and ``seq`` and ``start_sample``
+        jump past the loss, so consumers see a hole (silence or a restart), never a splice
+        of audio from either side of it.
+        """
+        lost = int(self._pending.size) + int(samples)
+        if lost <= 0:
+            return
+        self._pending = np.zeros(0, dtype=np.float32)
+        self.position += lost
+        self.seq += -(-lost // self.frame_samples)
+        self.skipped_samples += lost
 
     async def close(self) -> None:
         """Send what is left as the end-of-stream frame and wait for delivery."""
@@ -159,22 +176,26 @@ async def capture_mic(settings: Settings, stream_id: str, *, device: str | int |
                       sample_rate: int | None = None, stop: asyncio.Event | None = None,
                       max_seconds: float | None = None) -> int:
     """Capture from a PortAudio input device and publish it as a live stream until ``stop``
-    (or ``max_seconds`` of audio, or the device ends); returns frames sent."""
+    (or ``max_seconds`` of audio, or the device ends); returns frames sent.
+
+    At most ``audio.capture_buffer_seconds`` of audio waits for the broker; blocks captured
+    beyond that are dropped, counted, logged and sent as a gap (``FramePublisher.skip``).
+    """
     import sounddevice as sd
 
     rate = sample_rate or settings.audio.wire_sample_rate
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+    buffer = CaptureBuffer(round(settings.audio.capture_buffer_seconds * rate))
     status_flags: list[str] = []
 
     def callback(indata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
         if status:
             status_flags.append(str(status))
-        loop.call_soon_threadsafe(queue.put_nowait, indata.copy())
+        loop.call_soon_threadsafe(buffer.put, indata[:, 0].copy())
 
     def finished() -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, None)
+        loop.call_soon_threadsafe(buffer.finish)
 
     blocksize = max(1, round(block_seconds * rate))
     dev: str | int | None = int(device) if isinstance(device, str) and device.isdigit() else device
@@ -187,17 +208,68 @@ async def capture_mic(settings: Settings, stream_id: str, *, device: str | int |
             got = 0
             while not stop.is_set():
                 try:
-                    block = await asyncio.wait_for(queue.get(), timeout=0.5)
+                    item = await asyncio.wait_for(buffer.get(), timeout=0.5)
                 except TimeoutError:
                     continue
-                if block is None:
+                if item is None:
                     break
-                await pub.push(block[:, 0])
-                got += len(block)
+                if isinstance(item, int):
+                    pub.skip(item)
+                    log.warning("mic_overflow", stream=stream_id, lost_seconds=round(item / rate, 2),
+                                buffer_seconds=settings.audio.capture_buffer_seconds)
+                    got += item
+                else:
+                    await pub.push(item)
+                    got += len(item)
                 if max_seconds is not None and got >= max_seconds * rate:
                     break
         await pub.close()
         if status_flags:
             log.warning("mic_status", flags=sorted(set(status_flags))[:5], count=len(status_flags))
-        log.info("mic_stopped", stream=stream_id, frames=pub.sent_frames)
+        log.info("mic_stopped", stream=stream_id, frames=pub.sent_frames,
+                 lost_seconds=round(pub.skipped_samples / rate, 2))
         return pub.sent_frames
+
+
+class CaptureBuffer:
+    """Blocks from a capture callback, waiting for the event loop, bounded in samples.
+
+    ``put`` never blocks (a PortAudio callback must not): past ``max_samples`` a block is
+    dropped and its length queued instead, merged with the drops right before it, so a
+    stalled broker costs a bounded amount of memory and the loss stays visible. Used from
+    the event loop's thread only (the callback hands blocks over with
+    ``call_soon_threadsafe``).
+    """
+
+    def __init__(self, max_samples: int) -> None:
+        self.max_samples = max(1, max_samples)
+        self.buffered = 0
+        self.dropped = 0
+        self._items: collections.deque[np.ndarray | int | None] = collections.deque()
+        self._ready = asyncio.Event()
+
+    def put(self, block: np.ndarray) -> None:
+        if self.buffered + len(block) > self.max_samples:
+            self.dropped += len(block)
+            if self._items and isinstance(self._items[-1], int):
+                self._items[-1] += len(block)
+            else:
+                self._items.append(len(block))
+        else:
+            self.buffered += len(block)
+            self._items.append(block)
+        self._ready.set()
+
+    def finish(self) -> None:
+        self._items.append(None)
+        self._ready.set()
+
+    async def get(self) -> np.ndarray | int | None:
+        """The next block, the number of samples dropped there, or None at the end."""
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        item = self._items.popleft()
+        if isinstance(item, np.ndarray):
+            self.buffered -= len(item)
+        return item

@@ -72,6 +72,10 @@ class AudioSettings(BaseModel):
     frame_seconds: float = Field(0.5, gt=0, le=10)
     # Largest accepted frame payload; bigger frames are dead-lettered.
     max_frame_bytes: int = Field(1_048_576, ge=1024)
+    # Live capture (``streamcover mic``): audio held while the broker cannot take it. Beyond
+    # this, captured blocks are dropped and the stream says so with a gap in seq and
+    # start_sample, so memory stays bounded and the monitor inserts silence or restarts.
+    capture_buffer_seconds: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")
     def _hop_fits(self) -> AudioSettings:
