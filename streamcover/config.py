@@ -180,9 +180,10 @@ class MatchSettings(BaseModel):
     # Calibrated with `ops/bench/bench_monitor.py --calibrate --works 12` on the shipped model
     # and catalog.score_rule (docs/monitor.md): length-weighted scores, at 0.70 all 58 covers
     # passed and none of 118 unrelated decisions (re-measured for each shipped model and rule;
-    # last for streamcover-hpcp-compact-t2-82801632acc2: best wrong reference max 0.659, p99
-    # 0.618; 5th percentile of covers 0.770, none below 0.71). 0.66 served the weights before
-    # (max wrong 0.594); for older weights, shorter first: 0.68 / 0.58; symmetric: 0.65 / 0.55.
+    # last for streamcover-hpcp-compact-t2-f8bbe32d2b2e: best wrong reference max 0.621, p99
+    # 0.603; 5th percentile of covers 0.765, none below 0.708; for …-t2-82801632acc2 max wrong
+    # 0.659). 0.66 served the sixth session's weights (max wrong 0.594); for older weights,
+    # shorter first: 0.68 / 0.58; symmetric: 0.65 / 0.55.
     threshold: float = Field(0.70, ge=-1, le=1)
     # Hysteresis: an open match is closed only when the score drops below this.
     release_threshold: float = Field(0.56, ge=-1, le=1)
