@@ -140,7 +140,7 @@ M = TypeVar("M", bound="torch.nn.Module")
 
 def to_channels_last(module: M, device: torch.device) -> M:
     """``module`` on ``device`` with its 4-D weights channels-last, the layout the encoder's
-    convolutions run fastest in on this CPU (1.33x per training step, docs/training.md) and
+    convolutions run fastest in on this CPU (about 1.3x per training step, docs/training.md) and
     on GPUs with tensor cores. Feed it ``x.contiguous(memory_format=torch.channels_last)``;
     state dicts are saved contiguous either way (``model/checkpoint.py``)."""
     return module.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]

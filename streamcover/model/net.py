@@ -238,8 +238,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-
-_BLOCK_KEY = re.compile(r"^(layers\.(\d+)\.(\d+))\.")
+_BLOCK_KEY = re.compile(r"^layers\.(\d+)\.(\d+)\.")
 
 
 def load_into_deeper(model: CoverEncoder, state: Mapping[str, Tensor]) -> list[str]:
@@ -264,7 +263,7 @@ def load_into_deeper(model: CoverEncoder, state: Mapping[str, Tensor]) -> list[s
         m = _BLOCK_KEY.match(key)
         if m is None:
             raise ValueError(f"the source lacks {key}, which is not part of a residual block")
-        new_blocks.setdefault(int(m.group(2)), set()).add(int(m.group(3)))
+        new_blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
     names = []
     for stage, blocks in sorted(new_blocks.items()):
         stage_blocks = model.layers[stage]
