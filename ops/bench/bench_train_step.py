@@ -23,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from streamcover.device import to_channels_last  # noqa: E402
 from streamcover.model.net import CoverEncoder  # noqa: E402
 from streamcover.train.config import load_train_config  # noqa: E402
 from streamcover.train.loop import build_encoder_config  # noqa: E402
@@ -50,7 +51,7 @@ def main() -> None:
     x = torch.rand(a.batch, 1, cfg.in_bins, a.frames)
     layouts = {
         "default": (copy.deepcopy(base), x),
-        "channels_last": (copy.deepcopy(base).to(memory_format=torch.channels_last),  # type: ignore[call-overload]
+        "channels_last": (to_channels_last(copy.deepcopy(base), torch.device("cpu")),
                           x.contiguous(memory_format=torch.channels_last)),
     }
     times: dict[str, list[float]] = {k: [] for k in layouts}
