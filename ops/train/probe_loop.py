@@ -11,7 +11,7 @@ reproduce; the seventh session used it to separate what the recipe costs from wh
 network's time resolution costs (docs/training.md). It is not the training command.
 
 Usage:
-    .venv/bin/python ops/train/probe_loop.py [--minutes 25] [--net inv|t2|t1]
+    .venv/bin/python ops/train/probe_loop.py [--minutes 25] [--net inv|t2|t1|t1p]
         [--init models/streamcover-hpcp-compact.pt] [--lr 1e-3] [--P 64 --K 4]
 """
 
@@ -46,6 +46,8 @@ NETS: dict[str, dict[str, object]] = {
     "inv": {"stem_stride": (1, 2), "stem_pool_stride": (1, 2)},
     "t2": {"stem_stride": (1, 1), "stem_pool_stride": (1, 2)},
     "t1": {"stem_stride": (1, 1), "stem_pool_stride": None},
+    # t1 keeping the stem's 3x3 max-pool at stride 1: closer to a t2 model's function.
+    "t1p": {"stem_stride": (1, 1), "stem_pool_stride": (1, 1)},
 }
 
 

@@ -1,6 +1,7 @@
 #!/bin/sh
-# The shipped model's training run: HPCP compact encoder on the SHS100K-TEST HPCP train
-# split. Detached (nohup + setsid) so it outlives the shell; re-running resumes from
+# A detached HPCP training run on the SHS100K-TEST HPCP train split, by default with the
+# shipped model's current recipe (hpcp-t2-crops.json; the shipped weights themselves are a
+# chain of warm starts, listed in models/streamcover-hpcp-compact.md). Detached (nohup + setsid) so it outlives the shell; re-running resumes from
 # ~/.cache/streamcover/runs/$RUN/last.pt. Log: $RUNS/$RUN/train.out.
 #
 # Priority: the job runs at nice 0 and other work is meant to run under `nice`. With
@@ -14,8 +15,8 @@
 # Usage: [CONFIG=ops/train/<config>.json] [MANIFEST=...] [INIT_FROM=...] ops/train/run-hpcp-compact.sh [RUN_NAME] [SHS_NPZ]
 set -eu
 cd "$(dirname "$0")/../.."
-RUN=${1:-hpcp-compact-inv2}
-CONFIG=${CONFIG:-ops/train/hpcp-compact.json}
+RUN=${1:-hpcp-t2}
+CONFIG=${CONFIG:-ops/train/hpcp-t2-crops.json}
 SHS=${2:-/work/shared/data/shs100k_test_hpcp_u8.npz}
 RUNS=${STREAMCOVER_RUNS:-$HOME/.cache/streamcover/runs}
 AUTOGROUP_NICE=${AUTOGROUP_NICE:--10}

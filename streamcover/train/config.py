@@ -99,6 +99,10 @@ class OptimConfig(BaseModel):
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     min_lr: float = Field(1e-5, gt=0)
     grad_clip: float = Field(5.0, gt=0)
+    # Exponential moving average of the encoder's weights (and BatchNorm statistics),
+    # updated every step; when on (> 0) validation, best.pt and the plateau schedule use
+    # the average. 0.996 averages over roughly the last 250 steps. 0 = off.
+    ema_decay: float = Field(0.0, ge=0, lt=1)
 
 
 class TrainConfig(BaseModel):

@@ -6,7 +6,9 @@ Run directory layout (``~/.cache/streamcover/runs/<run>/``, never the work tree)
 - ``last.pt``         full training state (model, heads, optimizer, scaler, step, lr,
                       plateau and best-so-far), written atomically every N steps;
 - ``best.pt``         the best encoder so far in the shared checkpoint format
-                      (``streamcover.model.checkpoint``), by validation score;
+                      (``streamcover.model.checkpoint``), by validation score; with
+                      ``optim.ema_decay`` on, the weights' moving average is what is
+                      validated and saved there (``last.pt`` keeps both);
 - ``train_log.csv``   one row per step: losses, lr, tau, chunks, elapsed time;
 - ``val_log.csv``     one row per validation: full-length mAP/P@10/MR1 and 30 s mAP.
 
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from streamcover.device import (
     configure_threads,
@@ -265,7 +268,9 @@ def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None,
     plateau_bad = 0
     best: dict[str, Any] | None = None
     history: list[dict[str, Any]] = []
-    if state_path.exists():
+    resumed_ema: dict[str, Any] | None = None
+    resumed = state_path.exists()
+    if resumed:
         st = torch.load(state_path, map_location=device, weights_only=True)
         if not isinstance(st, dict) or st.get("format") != STATE_FORMAT:
             raise TrainError(f"{state_path} is not a streamcover training state")
@@ -279,11 +284,20 @@ def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None,
         plateau_bad = int(st["plateau_bad"])
         best = json.loads(st["best_json"]) if st["best_json"] else None
         history = json.loads(st["history_json"])
+        resumed_ema = st.get("ema")
         log.info("resumed", run=str(run_dir), step=step, elapsed_h=round(elapsed / 3600, 3))
     elif init_from is not None:
         info = _warm_start(model, heads, init_from, enc_cfg, device)
         (run_dir / "init.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
         log.info("initialised", run=str(run_dir), **info)
+    ema = _ema_model(model, cfg.optim.ema_decay)
+    if ema is not None and resumed:
+        if resumed_ema is None:
+            raise TrainError(f"{state_path} has no weight average; it was not started with "
+                             "optim.ema_decay")
+        ema.load_state_dict(resumed_ema)
+    # The weights that are validated and saved as best.pt.
+    evaluated: CoverEncoder = model if ema is None else ema.module  # type: ignore[assignment]
 
     def save_state() -> None:
         atomic_torch_save({
@@ -293,6 +307,7 @@ def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None,
             "best_json": json.dumps(best) if best else "", "history_json": json.dumps(history),
             "model": model.state_dict(), "heads": heads.state_dict(),
             "optim": opt.state_dict(), "scaler": scaler.state_dict(),
+            **({"ema": ema.state_dict()} if ema is not None else {}),
             "sampler": {"seed": cfg.seed, "next_step": step},
         }, state_path)
 
@@ -301,7 +316,7 @@ def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None,
         if val_tracks is None or len(val_tracks) == 0:
             return
         t0 = time.time()
-        vr = validate(model, val_tracks, cfg, device, step, chunker)
+        vr = validate(evaluated, val_tracks, cfg, device, step, chunker)
         row = {"step": step, "elapsed_s": round(elapsed, 1), "epoch": round(epoch(), 3),
                "map_full": vr.map_full, "p10_full": vr.p10_full, "mr1_full": vr.mr1_full,
                "map_30s": vr.map_30s, "score": vr.score, "lr": current_lr(),
@@ -312,7 +327,7 @@ def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None,
         if improved:
             best = dict(row)
             save_checkpoint(
-                run_dir / "best.pt", model, enc_cfg,
+                run_dir / "best.pt", evaluated, enc_cfg,
                 provenance={"data": data_desc, "steps": step, "epochs": round(epoch(), 3),
                             "metrics": {"val_map_full": vr.map_full, "val_map_30s": vr.map_30s,
                                         "val_p10_full": vr.p10_full, "val_mr1_full": vr.mr1_full},
@@ -373,6 +388,8 @@ def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None,
                 [p for g in opt.param_groups for p in g["params"]], cfg.optim.grad_clip)
             scaler.step(opt)
             scaler.update()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             dt = time.time() - t0
             elapsed += dt
@@ -401,6 +418,24 @@ def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None,
     return TrainResult(run_dir=run_dir, steps=step, elapsed_s=elapsed, best=best, history=history)
 
 
+def _ema_model(model: CoverEncoder, decay: float) -> AveragedModel | None:
+    """The moving average of ``model``'s weights and BatchNorm statistics, or None (off).
+
+    Its first update copies the model (so a warm start's weights are where it begins)."""
+    if decay <= 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _encoder_state(state: dict[str, Any]) -> dict[str, Tensor]:
+    """A training state's encoder weights: the moving average when the run kept one (it is
+    what the run validated and saved as best.pt), else the trained weights."""
+    if "ema" not in state:
+        return dict(state["model"])
+    prefix = "module."
+    return {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+
+
 def _warm_start(model: CoverEncoder, heads: nn.Module, source: Path, enc_cfg: EncoderConfig,
                 device: torch.device) -> dict[str, Any]:
     """Load ``source`` into a new run: a run's training state (encoder and the heads that
@@ -416,7 +451,8 @@ def _warm_start(model: CoverEncoder, heads: nn.Module, source: Path, enc_cfg: En
         if changed is None:
             raise TrainError(f"--init-from {source}: its encoder config differs from this run's "
                              "in more than its strides and added blocks")
-        new_blocks = _load_encoder(model, src["model"], source)
+        weights = "average" if "ema" in src else "trained"
+        new_blocks = _load_encoder(model, _encoder_state(src), source)
         heads_state = heads.state_dict()
         same = {k: v for k, v in src["heads"].items()
                 if k in heads_state and heads_state[k].shape == v.shape}
@@ -424,7 +460,7 @@ def _warm_start(model: CoverEncoder, heads: nn.Module, source: Path, enc_cfg: En
         return {"init_from": str(source), "kind": "training state",
                 "source_step": int(src["step"]), "source_elapsed_s": float(src["elapsed_s"]),
                 "heads_loaded": sorted(same), "config_changes": changed,
-                "new_blocks": new_blocks}
+                "new_blocks": new_blocks, "weights": weights}
     try:
         loaded = load_checkpoint(source)
         changed = _warm_startable_changes(loaded.cfg, enc_cfg)

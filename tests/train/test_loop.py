@@ -76,6 +76,41 @@ def test_resume_refuses_a_different_config(shs_real_slice: ShsData, tmp_path: Pa
               tmp_path / "x", progress=False, init_from=tmp_path / "r" / "last.pt")
 
 
+def test_weight_average_is_validated_saved_resumed_and_warm_starts(
+        shs_real_slice: ShsData, tmp_path: Path) -> None:
+    """optim.ema_decay: best.pt and validation use the average, which lags the weights."""
+    tr, va = _parts(shs_real_slice)
+    ema_cfg = _config(val_every_steps=4, optim={"warmup_steps": 1, "ema_decay": 0.5})
+    train(ema_cfg, tr, va, tmp_path / "a", progress=False)
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    average = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+    assert int(state["ema"]["n_averaged"]) == 4
+    best = load_checkpoint(tmp_path / "a" / "best.pt").model.state_dict()
+    floats = [k for k, v in best.items() if v.dtype.is_floating_point]
+    for k in floats:  # validated at step 4 and saved: the average, not the trained weights
+        assert torch.allclose(best[k].float(), average[k].float(), atol=1e-6), k
+    assert any(not torch.allclose(average[k].float(), state["model"][k].float(), atol=1e-4)
+               for k in floats)
+    # An interrupted run resumes its average too.
+    train(ema_cfg.model_copy(update={"max_steps": 2}), tr, va, tmp_path / "b", progress=False)
+    train(ema_cfg, tr, va, tmp_path / "b", progress=False)
+    resumed = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    for k, v in state["ema"].items():
+        assert torch.allclose(v.float(), resumed["ema"][k].float(), atol=1e-5), k
+    # A run without an average cannot be resumed with one.
+    train(_config(max_steps=1), tr, None, tmp_path / "plain", progress=False)
+    with pytest.raises(TrainError, match="different config"):
+        train(ema_cfg, tr, None, tmp_path / "plain", progress=False)
+    # A warm start from it takes the average (what the run validated).
+    train(_config(max_steps=1, optim={"warmup_steps": 1, "lr": 1e-12}), tr, None,
+          tmp_path / "w", progress=False, init_from=tmp_path / "a" / "last.pt")
+    assert json.loads((tmp_path / "w" / "init.json").read_text())["weights"] == "average"
+    warm = torch.load(tmp_path / "w" / "last.pt", weights_only=True)["model"]
+    for k in floats:
+        if "running" not in k:
+            assert torch.allclose(warm[k].float(), average[k].float(), atol=1e-6), k
+
+
 def test_warm_start_from_a_shipped_model_checkpoint(shs_real_slice: ShsData,
                                                     tmp_path: Path) -> None:
     """Fine-tuning a shipped model: --init-from takes a model .pt; the heads start fresh."""
