@@ -33,6 +33,9 @@ from streamcover.model.net import CoverEncoder
 
 FORMAT = "streamcover-encoder"
 FORMAT_VERSION = 1
+# A training run's resumable state (``streamcover.train.loop``'s ``last.pt``); named here
+# so that loading one where a model is expected can say what it is.
+TRAIN_STATE_FORMAT = "streamcover-train-state"
 
 
 class CheckpointError(Exception):
@@ -183,6 +186,10 @@ def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"checkpoint {p} is corrupt or not a streamcover checkpoint "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
         ) from exc
+    if isinstance(payload, dict) and payload.get("format") == TRAIN_STATE_FORMAT:
+        raise CheckpointError(
+            f"{p} is a training run's resumable state, not a model checkpoint: use the "
+            f"run's best.pt (or warm-start a run from this file with --init-from)")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {p} is not a {FORMAT} checkpoint")
     version = payload.get("format_version")

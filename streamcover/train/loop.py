@@ -46,6 +46,7 @@ from streamcover.eval.embedders import EncoderEmbedder
 from streamcover.eval.protocols import ChunkSets, full_length, short_queries
 from streamcover.log import get_logger
 from streamcover.model.checkpoint import (
+    TRAIN_STATE_FORMAT,
     CheckpointError,
     atomic_torch_save,
     load_checkpoint,
@@ -58,7 +59,7 @@ from streamcover.train.config import TrainConfig
 from streamcover.train.losses import MultiLoss
 from streamcover.train.tracks import TrackSet
 
-STATE_FORMAT = "streamcover-train-state"
+STATE_FORMAT = TRAIN_STATE_FORMAT
 LOSS_COLUMNS = ("total", "ce", "triplet", "lac", "lat", "map")
 # Config fields a resumed run may change (they do not alter what is learned per step).
 RESUMABLE_CHANGES = {"max_steps", "max_hours", "val_every_steps", "checkpoint_every_steps",

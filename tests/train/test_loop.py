@@ -9,7 +9,7 @@ import pytest
 import torch
 from train_helpers import TINY_ENCODER
 
-from streamcover.model.checkpoint import load_checkpoint
+from streamcover.model.checkpoint import CheckpointError, load_checkpoint
 from streamcover.train.config import TrainConfig, load_train_config
 from streamcover.train.loop import TrainError, build_encoder_config, train
 from streamcover.train.shs import ShsData
@@ -56,6 +56,9 @@ def test_train_logs_validates_and_resumes_to_the_same_weights(
     best = load_checkpoint(tmp_path / "a" / "best.pt")
     assert best.cfg == build_encoder_config(_config())
     assert best.provenance.steps in (2, 4) and "val_map_full" in best.provenance.metrics
+    # last.pt is not a model: loading it as one says which file to use instead.
+    with pytest.raises(CheckpointError, match=r"resumable state.*best\.pt"):
+        load_checkpoint(tmp_path / "a" / "last.pt")
 
 
 def test_resume_refuses_a_different_config(shs_real_slice: ShsData, tmp_path: Path) -> None:
