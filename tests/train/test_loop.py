@@ -172,9 +172,16 @@ def test_shipped_configs_parse_and_build(tmp_path: Path) -> None:
     configs = sorted((PROJECT_ROOT / "ops" / "train").glob("*.json"))
     configs = [c for c in configs if "split" not in c.name]
     assert len(configs) >= 2
+    from streamcover.model.net import CoverEncoder
+
     for path in configs:
-        cfg = load_train_config(path)
-        build_encoder_config(cfg)
+        enc = build_encoder_config(load_train_config(path))
+        # Every shipped recipe's network builds and embeds a 20 s chunk (43 frames at both
+        # front ends' default 2.15 frames/s).
+        with torch.no_grad():
+            out = CoverEncoder(enc).eval()(torch.rand(2, 1, enc.in_bins, 43))
+        assert out.embedding.shape == (2, enc.embed_dim), path.name
+        assert torch.isfinite(out.embedding).all(), path.name
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"loss": {"no_such_loss": 1}}))
     with pytest.raises(ValueError, match=r"bad\.json"):
