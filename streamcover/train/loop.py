@@ -59,7 +59,6 @@ from streamcover.train.config import TrainConfig
 from streamcover.train.losses import MultiLoss
 from streamcover.train.tracks import TrackSet
 
-STATE_FORMAT = TRAIN_STATE_FORMAT
 LOSS_COLUMNS = ("total", "ce", "triplet", "lac", "lat", "map")
 # Config fields a resumed run may change (they do not alter what is learned per step).
 RESUMABLE_CHANGES = {"max_steps", "max_hours", "val_every_steps", "checkpoint_every_steps",
@@ -273,7 +272,7 @@ def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None,
     resumed = state_path.exists()
     if resumed:
         st = torch.load(state_path, map_location=device, weights_only=True)
-        if not isinstance(st, dict) or st.get("format") != STATE_FORMAT:
+        if not isinstance(st, dict) or st.get("format") != TRAIN_STATE_FORMAT:
             raise TrainError(f"{state_path} is not a streamcover training state")
         if st["encoder_config"] != enc_cfg.to_dict():
             raise TrainError(f"{state_path}: encoder config differs from this run's config")
@@ -302,7 +301,7 @@ def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None,
 
     def save_state() -> None:
         atomic_torch_save({
-            "format": STATE_FORMAT, "config": cfg.model_dump(mode="json"),
+            "format": TRAIN_STATE_FORMAT, "config": cfg.model_dump(mode="json"),
             "encoder_config": enc_cfg.to_dict(), "step": step, "elapsed_s": elapsed,
             "lr_scale": lr_scale, "plateau_bad": plateau_bad,
             "best_json": json.dumps(best) if best else "", "history_json": json.dumps(history),
@@ -446,7 +445,7 @@ def _warm_start(model: CoverEncoder, heads: nn.Module, source: Path, enc_cfg: En
         src = torch.load(source, map_location=device, weights_only=True)
     except Exception:  # load_checkpoint below names what is wrong
         src = None
-    if isinstance(src, dict) and src.get("format") == STATE_FORMAT:
+    if isinstance(src, dict) and src.get("format") == TRAIN_STATE_FORMAT:
         changed = _warm_startable_changes(EncoderConfig.from_dict(src["encoder_config"]),
                                           enc_cfg)
         if changed is None:
