@@ -1,7 +1,8 @@
 #!/bin/sh
 # A detached HPCP training run on the SHS100K-TEST HPCP train split, by default with the
 # shipped model's current recipe (hpcp-t2-crops.json; the shipped weights themselves are a
-# chain of warm starts, listed in models/streamcover-hpcp-compact.md). Detached (nohup + setsid) so it outlives the shell; re-running resumes from
+# chain of warm starts, listed in models/streamcover-hpcp-compact.md). Detached (nohup +
+# setsid) so it outlives the shell; re-running resumes from
 # ~/.cache/streamcover/runs/$RUN/last.pt. Log: $RUNS/$RUN/train.out.
 #
 # Priority: the job runs at nice 0 and other work is meant to run under `nice`. With
