@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
-# OpenMP threads that spin while waiting are fatal on a shared 2-core machine: with another
-# busy process, 2 spinning threads ran the encoder 10x slower than 1 thread (docs/model.md).
-# libgomp reads this once when torch loads, so it only helps if torch is not imported yet.
-if "torch" not in sys.modules:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import torch
+
+# OMP_WAIT_POLICY=PASSIVE (spinning OpenMP threads starve a shared 2-core machine) is set
+# in streamcover/__init__.py, which runs before this module and before torch loads.
 
 
 def select_device(pref: str | torch.device = "auto") -> torch.device:

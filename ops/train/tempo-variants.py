@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from streamcover.config import PROJECT_ROOT, get_settings
+from streamcover.data.shs import DEFAULT_SHS_PATH, load_shs, read_split, split_tracks
 from streamcover.device import configure_threads
 from streamcover.eval.embedders import EncoderEmbedder
 from streamcover.eval.metrics import retrieval_metrics
 from streamcover.eval.protocols import ChunkSets, cut_query_clips, maxmean_matrix
 from streamcover.model.checkpoint import load_checkpoint
 from streamcover.train.augment import time_stretch
-from streamcover.train.shs import DEFAULT_SHS_PATH, load_shs, read_split, split_tracks
 
 
 def main() -> None:

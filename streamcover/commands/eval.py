@@ -63,6 +63,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from streamcover.cli import CliError
     from streamcover.config import PROJECT_ROOT, get_settings
+    from streamcover.data.tracks import TrackSet
     from streamcover.device import configure_threads, select_device
     from streamcover.eval.baselines import Ftm2dEmbedder
     from streamcover.eval.embedders import EncoderEmbedder
@@ -70,7 +71,6 @@ def _run(args: argparse.Namespace) -> int:
     from streamcover.eval.report import evaluate_system, render_tables, save_json, save_plot
     from streamcover.model.checkpoint import CheckpointError, load_checkpoint
     from streamcover.model.net import CoverEncoder
-    from streamcover.train.tracks import TrackSet
 
     settings = get_settings()
     rule = args.score_rule or settings.catalog.score_rule
@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
             tracks = manifest_tracks(read_manifest(args.manifest), loaded.cfg.frontend, settings)
             data_desc = f"manifest {args.manifest}"
         else:
-            from streamcover.train.shs import DEFAULT_SHS_PATH, load_shs, read_split, split_tracks
+            from streamcover.data.shs import DEFAULT_SHS_PATH, load_shs, read_split, split_tracks
 
             shs = args.shs or DEFAULT_SHS_PATH
             data = load_shs(shs)

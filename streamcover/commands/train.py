@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from streamcover.config import Settings
-    from streamcover.train.tracks import TrackSet
+    from streamcover.data.tracks import TrackSet
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -95,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _shs_data(args: argparse.Namespace, frontend: str) -> tuple[TrackSet, TrackSet, str]:
-    from streamcover.train.shs import load_shs, make_split, read_split, split_tracks, write_split
+    from streamcover.data.shs import load_shs, make_split, read_split, split_tracks, write_split
 
     if frontend != "hpcp":
         raise ValueError("--shs holds HPCP features; use a config with frontend 'hpcp'")
@@ -132,7 +132,7 @@ def _manifest_data(args: argparse.Namespace, frontend: str,
 def _mixed_data(args: argparse.Namespace, frontend: str,
                 settings: Settings) -> tuple[TrackSet, TrackSet | None, str]:
     """SHS train split plus the manifest's recordings; SHS val (plus --val-manifest)."""
-    from streamcover.train.tracks import TrackSet
+    from streamcover.data.tracks import TrackSet
 
     shs_train, shs_val, shs_desc = _shs_data(args, frontend)
     man_train, man_val, man_desc = _manifest_data(args, frontend, settings)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from streamcover.train.batches import Chunker, default_chunker
+from streamcover.data.chunker import Chunker, default_chunker
 
 if TYPE_CHECKING:
     import torch

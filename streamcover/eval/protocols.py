@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streamcover.data.tracks import TrackSet
 from streamcover.eval.metrics import RetrievalMetrics, retrieval_metrics
 from streamcover.model.maxmean import ScoreRule, combine_directions
-from streamcover.train.tracks import TrackSet
 
 SHORT_QUERY_SECONDS: tuple[float, ...] = (6, 10, 15, 20, 25, 30, 40, 50, 60)
 

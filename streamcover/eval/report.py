@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from streamcover.data.tracks import TrackSet
 from streamcover.eval.protocols import (
     SHORT_QUERY_SECONDS,
     ChunkSets,
@@ -18,7 +19,6 @@ from streamcover.eval.protocols import (
     short_queries,
 )
 from streamcover.model.maxmean import ScoreRule
-from streamcover.train.tracks import TrackSet
 
 
 def evaluate_system(embed: SetEmbedder, tracks: TrackSet,

@@ -9,23 +9,14 @@ is just the seed and the step. Chunks are cut with
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from streamcover.data.chunker import Chunker, default_chunker
+from streamcover.data.tracks import TrackSet
 from streamcover.train.augment import key_shift, stitch, time_stretch
 from streamcover.train.config import AugmentConfig, DataConfig
-from streamcover.train.tracks import TrackSet
-
-Chunker = Callable[..., tuple[np.ndarray, np.ndarray]]
-
-
-def default_chunker() -> Chunker:
-    """The inference chunker, so training and serving cut 20 s chunks identically."""
-    from streamcover.audio.chunking import chunk_features
-
-    return chunk_features
 
 
 @dataclass

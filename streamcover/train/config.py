@@ -1,7 +1,8 @@
 """Training configuration: one JSON/YAML file per run (see ops/train/*.json).
 
 Every knob that changes what a run learns is here, so a run directory plus its
-saved config is enough to reproduce or resume it.
+saved config is enough to reproduce or resume it. A config file may extend another
+(``"base": "hpcp-compact.json"``), so a variant is a short diff of the recipe it changes.
 """
 
 from __future__ import annotations
@@ -132,9 +133,26 @@ class TrainConfig(BaseModel):
     optim: OptimConfig = Field(default_factory=OptimConfig)
 
 
-def load_train_config(path: Path) -> TrainConfig:
-    """Read a JSON (or YAML, if PyYAML is installed) training config, naming the file on error."""
-    text = path.read_text(encoding="utf-8")
+BASE_KEY = "base"
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``: objects merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """One config file's own JSON (or YAML) object, before its base is applied."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: training config not found") from None
     data: Any
     if path.suffix.lower() in {".yaml", ".yml"}:
         try:
@@ -149,6 +167,45 @@ def load_train_config(path: Path) -> TrainConfig:
             raise ValueError(f"{path}: not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a training config must be a JSON object")
+    return data
+
+
+def resolve_train_config(path: Path) -> dict[str, Any]:
+    """The effective config of ``path`` as a plain mapping, its ``"base"`` chain applied.
+
+    A config may name another file (relative to its own folder) under ``"base"``; its own
+    keys are deep-merged over that file's resolved content, so a variant states only what
+    it changes. A missing base or a cycle is an error naming the chain.
+    """
+    chain: list[Path] = []
+    layers: list[dict[str, Any]] = []
+    current = Path(path)
+    while True:
+        key = current.resolve()
+        if key in chain:
+            names = " -> ".join(p.name for p in [*chain, key])
+            raise ValueError(f"{path}: training configs form a cycle: {names}")
+        chain.append(key)
+        data = _read_mapping(current)
+        layers.append(data)
+        base = data.get(BASE_KEY)
+        if base is None:
+            break
+        if not isinstance(base, str) or not base.strip():
+            raise ValueError(f"{current}: \"{BASE_KEY}\" must name a config file")
+        parent = current.parent / base
+        if not parent.is_file():
+            raise ValueError(f"{current}: base config {base!r} not found (looked for {parent})")
+        current = parent
+    merged: dict[str, Any] = {}
+    for layer in reversed(layers):
+        merged = deep_merge(merged, {k: v for k, v in layer.items() if k != BASE_KEY})
+    return merged
+
+
+def load_train_config(path: Path) -> TrainConfig:
+    """Read a JSON (or YAML, if PyYAML is installed) training config, naming the file on error."""
+    data = resolve_train_config(Path(path))
     try:
         return TrainConfig.model_validate(data)
     except ValueError as exc:

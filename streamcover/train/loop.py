@@ -34,30 +34,31 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from streamcover.device import (
-    configure_threads,
-    gpu_autocast_dtype,
-    select_device,
-    to_channels_last,
-)
+from streamcover.data.chunker import Chunker
+from streamcover.data.tracks import TrackSet
+from streamcover.device import configure_threads, select_device
 from streamcover.eval.embedders import EncoderEmbedder
 from streamcover.eval.protocols import ChunkSets, full_length, short_queries
 from streamcover.log import get_logger
-from streamcover.model.checkpoint import (
-    TRAIN_STATE_FORMAT,
-    CheckpointError,
-    atomic_torch_save,
-    load_checkpoint,
-    save_checkpoint,
-)
+from streamcover.model.checkpoint import save_checkpoint
 from streamcover.model.config import EncoderConfig
-from streamcover.model.net import CoverEncoder, load_into_deeper
-from streamcover.train.batches import Chunker, PKBatchSampler
-from streamcover.train.config import TrainConfig
+from streamcover.model.net import CoverEncoder
+from streamcover.train.batches import Batch, PKBatchSampler
+from streamcover.train.config import DataConfig, OptimConfig, TrainConfig
 from streamcover.train.losses import MultiLoss
-from streamcover.train.tracks import TrackSet
+from streamcover.train.state import (
+    RunState,
+    Trainee,
+    TrainError,
+    build_trainee,
+    ema_model,
+    load_train_state,
+    save_train_state,
+)
+from streamcover.train.warm_start import warm_start
+
+__all__ = ["TrainError", "TrainResult", "build_encoder_config", "train"]
 
 LOSS_COLUMNS = ("total", "ce", "triplet", "lac", "lat", "map")
 # Config fields a resumed run may change (they do not alter what is learned per step).
@@ -65,10 +66,6 @@ RESUMABLE_CHANGES = {"max_steps", "max_hours", "val_every_steps", "checkpoint_ev
                      "threads", "device", "val_max_works"}
 
 log = get_logger("streamcover.train")
-
-
-class TrainError(Exception):
-    """A run that cannot start or resume (bad config, mismatched run directory)."""
 
 
 def build_encoder_config(cfg: TrainConfig) -> EncoderConfig:
@@ -210,6 +207,179 @@ class _StopFlag:
                 signal.signal(s, h)
 
 
+def learning_rate(optim: OptimConfig, step: int, lr_scale: float) -> float:
+    """The base learning rate at ``step``: linear warm-up times the plateau scale."""
+    warm = min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps else 1.0
+    return optim.lr * lr_scale * warm
+
+
+def epochs_done(step: int, data: DataConfig, n_recordings: int) -> float:
+    """Samples drawn so far, in passes over the training recordings."""
+    return step * data.works_per_batch * data.versions_per_work / max(1, n_recordings)
+
+
+def plateau_schedule(improved: bool, plateau_bad: int, lr_scale: float,
+                     optim: OptimConfig) -> tuple[int, float]:
+    """Reduce-on-plateau: after more than ``plateau_patience`` validations in a row without
+    a new best, scale the lr by ``plateau_factor`` (floored at ``min_lr``).
+
+    Returns the new (validations without a new best, lr scale)."""
+    if improved:
+        return 0, lr_scale
+    plateau_bad += 1
+    if plateau_bad > optim.plateau_patience:
+        return 0, max(lr_scale * optim.plateau_factor, optim.min_lr / optim.lr)
+    return plateau_bad, lr_scale
+
+
+def cap_val_works(val_tracks: TrackSet | None, cfg: TrainConfig) -> TrackSet | None:
+    """A seeded subset of ``val_max_works`` validation works (0 = all), to keep it cheap."""
+    if val_tracks is None or not cfg.val_max_works or val_tracks.n_works <= cfg.val_max_works:
+        return val_tracks
+    keep = np.random.default_rng(cfg.seed).choice(
+        np.unique(val_tracks.works), size=cfg.val_max_works, replace=False)
+    return val_tracks.select_works(keep)
+
+
+def optimizer_step(trainee: Trainee, batch: Batch, lr: float, grad_clip: float,
+                   step: int) -> dict[str, Tensor]:
+    """One update on ``batch`` at ``lr``: forward, loss, backward, clip, step, average.
+
+    Returns the loss terms; a non-finite loss stops the run with a clear error."""
+    for g in trainee.opt.param_groups:
+        g["lr"] = lr * g.get("lr_mult", 1.0)
+    labels = torch.from_numpy(batch.labels).to(trainee.device)
+    with torch.autocast(trainee.device.type, dtype=trainee.amp_dtype, enabled=trainee.use_amp):
+        pooled, neck, embedding, owner = encode_groups(trainee.model, batch.groups,
+                                                       batch.owners, trainee.device)
+        terms: dict[str, Tensor] = trainee.heads(pooled, neck, embedding, owner, labels)
+    loss = terms["total"]
+    if not torch.isfinite(loss):
+        raise TrainError(f"loss became {loss.item()} at step {step}; lower optim.lr")
+    trainee.opt.zero_grad(set_to_none=True)
+    trainee.scaler.scale(loss).backward()
+    trainee.scaler.unscale_(trainee.opt)
+    nn.utils.clip_grad_norm_(
+        [p for g in trainee.opt.param_groups for p in g["params"]], grad_clip)
+    trainee.scaler.step(trainee.opt)
+    trainee.scaler.update()
+    if trainee.ema is not None:
+        trainee.ema.update_parameters(trainee.model)
+    return terms
+
+
+TRAIN_COLUMNS = ["step", "elapsed_s", "epoch", "lr", "tau", "n_samples", "n_chunks",
+                 "step_seconds", *LOSS_COLUMNS]
+
+
+def step_row(state: RunState, epoch: float, lr: float, heads: MultiLoss, batch: Batch,
+             seconds: float, terms: dict[str, Tensor]) -> dict[str, Any]:
+    """One row of ``train_log.csv``."""
+    row: dict[str, Any] = {
+        "step": state.step, "elapsed_s": round(state.elapsed_s, 1), "epoch": round(epoch, 4),
+        "lr": lr, "tau": float(heads.proxy.tau.item()) if heads.proxy is not None else "",
+        "n_samples": batch.n_samples, "n_chunks": batch.total_chunks,
+        "step_seconds": round(seconds, 3),
+    }
+    row.update({k: round(float(v.item()), 5) for k, v in terms.items()})
+    return row
+
+
+@dataclass
+class _Run:
+    """One invocation of ``train``: the run's fixed inputs, its trainee and its state."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    train_tracks: TrackSet
+    val_tracks: TrackSet | None
+    trainee: Trainee
+    state: RunState
+    data_desc: str
+    chunker: Chunker | None
+
+    @property
+    def epoch(self) -> float:
+        return epochs_done(self.state.step, self.cfg.data, len(self.train_tracks))
+
+    @property
+    def lr(self) -> float:
+        return learning_rate(self.cfg.optim, self.state.step, self.state.lr_scale)
+
+    def save(self) -> None:
+        save_train_state(self.run_dir / "last.pt", self.cfg, self.trainee, self.state)
+
+    def validate(self) -> None:
+        """Validate, log, keep best.pt and step the plateau schedule (no-op without val)."""
+        val_tracks, state, trainee = self.val_tracks, self.state, self.trainee
+        if val_tracks is None or len(val_tracks) == 0:
+            return
+        t0 = time.time()
+        vr = validate(trainee.evaluated, val_tracks, self.cfg, trainee.device, state.step,
+                      self.chunker)
+        row = {"step": state.step, "elapsed_s": round(state.elapsed_s, 1),
+               "epoch": round(self.epoch, 3), "map_full": vr.map_full, "p10_full": vr.p10_full,
+               "mr1_full": vr.mr1_full, "map_30s": vr.map_30s, "score": vr.score,
+               "lr": self.lr, "val_seconds": round(time.time() - t0, 1)}
+        state.history.append(row)
+        _append_csv(self.run_dir / "val_log.csv", row, list(row))
+        improved = state.best is None or vr.score > float(state.best["score"])
+        if improved:
+            state.best = dict(row)
+            self._save_best(vr)
+        state.plateau_bad, state.lr_scale = plateau_schedule(
+            improved, state.plateau_bad, state.lr_scale, self.cfg.optim)
+        best_score = round(float(state.best["score"]), 4) if state.best else None
+        log.info("validation", step=state.step, map_full=round(vr.map_full, 4),
+                 map_30s=round(vr.map_30s, 4), best_score=best_score,
+                 seconds=round(time.time() - t0, 1))
+        _print(f"val step {state.step}: full mAP {vr.map_full:.4f} P@10 {vr.p10_full:.4f} "
+               f"MR1 {vr.mr1_full:.1f} | 30s mAP {vr.map_30s:.4f} | lr {self.lr:.2e}")
+
+    def _save_best(self, vr: ValResult) -> None:
+        save_checkpoint(
+            self.run_dir / "best.pt", self.trainee.evaluated, self.trainee.enc_cfg,
+            provenance={"data": self.data_desc, "steps": self.state.step,
+                        "epochs": round(self.epoch, 3),
+                        "metrics": {"val_map_full": vr.map_full, "val_map_30s": vr.map_30s,
+                                    "val_p10_full": vr.p10_full, "val_mr1_full": vr.mr1_full},
+                        "notes": f"run {self.run_dir.name}, "
+                                 f"{self.state.elapsed_s / 3600:.2f} h training"},
+        )
+
+
+def _start_run(cfg: TrainConfig, train_tracks: TrackSet, run_dir: Path,
+               init_from: Path | None) -> tuple[Trainee, RunState]:
+    """Build the trainee, then resume ``run_dir`` or warm-start it from ``init_from``."""
+    device = select_device(cfg.device)
+    if device.type == "cpu":
+        configure_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    enc_cfg = build_encoder_config(cfg)
+    if train_tracks.n_bins != enc_cfg.in_bins:
+        raise TrainError(f"training features have {train_tracks.n_bins} bins; the "
+                         f"{cfg.frontend} encoder expects {enc_cfg.in_bins}")
+    trainee = build_trainee(cfg, enc_cfg, int(train_tracks.labels.max()) + 1, device)
+    state_path = run_dir / "last.pt"
+    state, resumed_ema = RunState(), None
+    resumed = state_path.exists()
+    if resumed:
+        state, resumed_ema = load_train_state(state_path, trainee)
+        log.info("resumed", run=str(run_dir), step=state.step,
+                 elapsed_h=round(state.elapsed_s / 3600, 3))
+    elif init_from is not None:
+        info = warm_start(trainee.model, trainee.heads, init_from, enc_cfg, device)
+        (run_dir / "init.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+        log.info("initialised", run=str(run_dir), **info)
+    trainee.ema = ema_model(trainee.model, cfg.optim.ema_decay)
+    if trainee.ema is not None and resumed:
+        if resumed_ema is None:
+            raise TrainError(f"{state_path} has no weight average; it was not started with "
+                             "optim.ema_decay")
+        trainee.ema.load_state_dict(resumed_ema)
+    return trainee, state
+
+
 def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None, run_dir: Path,
           *, data_desc: str = "", progress: bool | None = None,
           chunker: Chunker | None = None, init_from: Path | None = None) -> TrainResult:
@@ -222,289 +392,48 @@ def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None,
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_resume_config(run_dir, cfg)
-    device = select_device(cfg.device)
-    if device.type == "cpu":
-        configure_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    enc_cfg = build_encoder_config(cfg)
-    if train_tracks.n_bins != enc_cfg.in_bins:
-        raise TrainError(f"training features have {train_tracks.n_bins} bins; the "
-                         f"{cfg.frontend} encoder expects {enc_cfg.in_bins}")
-    model = to_channels_last(CoverEncoder(enc_cfg), device)
-    n_classes = int(train_tracks.labels.max()) + 1
-    lc = cfg.loss
-    heads = MultiLoss(
-        n_classes, enc_cfg.feat_dim, enc_cfg.embed_dim, ce_weight=lc.ce_weight,
-        label_smoothing=lc.label_smoothing, triplet_weight=lc.triplet_weight,
-        triplet_margin=lc.triplet_margin, lac_weight=lc.lac_weight, lac_proxies=lc.lac_proxies,
-        lat_weight=lc.lat_weight, lat_margin=lc.lat_margin, lat_pull_weight=lc.lat_pull_weight,
-        map_weight=lc.map_weight, map_temperature=lc.map_temperature,
-        global_level=lc.global_level, classifier=lc.classifier,
-        cosine_scale=lc.cosine_scale, cosine_margin=lc.cosine_margin,
-    ).to(device)
-    tau_params = [p for n, p in heads.named_parameters() if n.endswith("tau")]
-    other_heads = [p for n, p in heads.named_parameters() if not n.endswith("tau")]
-    groups: list[dict[str, Any]] = [
-        {"params": [p for p in model.parameters() if p.requires_grad] + other_heads,
-         "lr_mult": 1.0},
-    ]
-    if tau_params:
-        groups.append({"params": tau_params, "lr_mult": lc.tau_lr_mult, "weight_decay": 0.0})
-    opt = torch.optim.Adam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    use_amp = device.type == "cuda"
-    amp_dtype = gpu_autocast_dtype(device) if use_amp else torch.float32
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
-    if val_tracks is not None and cfg.val_max_works and val_tracks.n_works > cfg.val_max_works:
-        keep = np.random.default_rng(cfg.seed).choice(
-            np.unique(val_tracks.works), size=cfg.val_max_works, replace=False)
-        val_tracks = val_tracks.select_works(keep)
+    trainee, state = _start_run(cfg, train_tracks, run_dir, init_from)
+    run = _Run(cfg, run_dir, train_tracks, cap_val_works(val_tracks, cfg), trainee, state,
+               data_desc, chunker)
     sampler = PKBatchSampler(train_tracks, cfg.data, cfg.augment, cfg.seed,
                              circular_pitch=cfg.frontend == "hpcp", chunker=chunker)
-    state_path = run_dir / "last.pt"
-    step = 0
-    elapsed = 0.0
-    lr_scale = 1.0
-    plateau_bad = 0
-    best: dict[str, Any] | None = None
-    history: list[dict[str, Any]] = []
-    resumed_ema: dict[str, Any] | None = None
-    resumed = state_path.exists()
-    if resumed:
-        st = torch.load(state_path, map_location=device, weights_only=True)
-        if not isinstance(st, dict) or st.get("format") != TRAIN_STATE_FORMAT:
-            raise TrainError(f"{state_path} is not a streamcover training state")
-        if st["encoder_config"] != enc_cfg.to_dict():
-            raise TrainError(f"{state_path}: encoder config differs from this run's config")
-        model.load_state_dict(st["model"])
-        heads.load_state_dict(st["heads"])
-        opt.load_state_dict(st["optim"])
-        scaler.load_state_dict(st["scaler"])
-        step, elapsed, lr_scale = int(st["step"]), float(st["elapsed_s"]), float(st["lr_scale"])
-        plateau_bad = int(st["plateau_bad"])
-        best = json.loads(st["best_json"]) if st["best_json"] else None
-        history = json.loads(st["history_json"])
-        resumed_ema = st.get("ema")
-        log.info("resumed", run=str(run_dir), step=step, elapsed_h=round(elapsed / 3600, 3))
-    elif init_from is not None:
-        info = _warm_start(model, heads, init_from, enc_cfg, device)
-        (run_dir / "init.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-        log.info("initialised", run=str(run_dir), **info)
-    ema = _ema_model(model, cfg.optim.ema_decay)
-    if ema is not None and resumed:
-        if resumed_ema is None:
-            raise TrainError(f"{state_path} has no weight average; it was not started with "
-                             "optim.ema_decay")
-        ema.load_state_dict(resumed_ema)
-    # The weights that are validated and saved as best.pt.
-    evaluated: CoverEncoder = model if ema is None else ema.module  # type: ignore[assignment]
-
-    def save_state() -> None:
-        atomic_torch_save({
-            "format": TRAIN_STATE_FORMAT, "config": cfg.model_dump(mode="json"),
-            "encoder_config": enc_cfg.to_dict(), "step": step, "elapsed_s": elapsed,
-            "lr_scale": lr_scale, "plateau_bad": plateau_bad,
-            "best_json": json.dumps(best) if best else "", "history_json": json.dumps(history),
-            "model": model.state_dict(), "heads": heads.state_dict(),
-            "optim": opt.state_dict(), "scaler": scaler.state_dict(),
-            **({"ema": ema.state_dict()} if ema is not None else {}),
-            "sampler": {"seed": cfg.seed, "next_step": step},
-        }, state_path)
-
-    def run_validation() -> None:
-        nonlocal best, lr_scale, plateau_bad
-        if val_tracks is None or len(val_tracks) == 0:
-            return
-        t0 = time.time()
-        vr = validate(evaluated, val_tracks, cfg, device, step, chunker)
-        row = {"step": step, "elapsed_s": round(elapsed, 1), "epoch": round(epoch(), 3),
-               "map_full": vr.map_full, "p10_full": vr.p10_full, "mr1_full": vr.mr1_full,
-               "map_30s": vr.map_30s, "score": vr.score, "lr": current_lr(),
-               "val_seconds": round(time.time() - t0, 1)}
-        history.append(row)
-        _append_csv(run_dir / "val_log.csv", row, list(row))
-        improved = best is None or vr.score > float(best["score"])
-        if improved:
-            best = dict(row)
-            save_checkpoint(
-                run_dir / "best.pt", evaluated, enc_cfg,
-                provenance={"data": data_desc, "steps": step, "epochs": round(epoch(), 3),
-                            "metrics": {"val_map_full": vr.map_full, "val_map_30s": vr.map_30s,
-                                        "val_p10_full": vr.p10_full, "val_mr1_full": vr.mr1_full},
-                            "notes": f"run {run_dir.name}, {elapsed / 3600:.2f} h training"},
-            )
-            plateau_bad = 0
-        else:
-            plateau_bad += 1
-            if plateau_bad > cfg.optim.plateau_patience:
-                lr_scale = max(lr_scale * cfg.optim.plateau_factor,
-                               cfg.optim.min_lr / cfg.optim.lr)
-                plateau_bad = 0
-        log.info("validation", step=step, map_full=round(vr.map_full, 4),
-                 map_30s=round(vr.map_30s, 4), best_score=round(float(best["score"]), 4)
-                 if best else None, seconds=round(time.time() - t0, 1))
-        _print(f"val step {step}: full mAP {vr.map_full:.4f} P@10 {vr.p10_full:.4f} "
-               f"MR1 {vr.mr1_full:.1f} | 30s mAP {vr.map_30s:.4f} | lr {current_lr():.2e}")
-
-    def epoch() -> float:
-        samples = step * cfg.data.works_per_batch * cfg.data.versions_per_work
-        return samples / max(1, len(train_tracks))
-
-    def current_lr() -> float:
-        warm = min(1.0, (step + 1) / cfg.optim.warmup_steps) if cfg.optim.warmup_steps else 1.0
-        return cfg.optim.lr * lr_scale * warm
-
     stop = _StopFlag()
     interactive = sys.stderr.isatty() if progress is None else progress
     started = time.time()
     invocation_limit = cfg.max_hours * 3600 if cfg.max_hours > 0 else math.inf
-    train_cols = ["step", "elapsed_s", "epoch", "lr", "tau", "n_samples", "n_chunks",
-                  "step_seconds", *LOSS_COLUMNS]
-    bar_ctx = _progress(interactive, cfg.max_steps, step)
-    model.train()
-    heads.train()
-    with stop.installed(), bar_ctx as advance:
-        while step < cfg.max_steps and not stop.stop:
+    trainee.model.train()
+    trainee.heads.train()
+    with stop.installed(), _progress(interactive, cfg.max_steps, state.step) as advance:
+        while state.step < cfg.max_steps and not stop.stop:
             if time.time() - started > invocation_limit:
                 break
             t0 = time.time()
-            torch.manual_seed(cfg.seed * 1_000_003 + step)
-            batch = sampler.batch(step)
-            labels = torch.from_numpy(batch.labels).to(device)
-            lr = current_lr()
-            for g in opt.param_groups:
-                g["lr"] = lr * g.get("lr_mult", 1.0)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                pooled, neck, embedding, owner = encode_groups(model, batch.groups,
-                                                               batch.owners, device)
-                terms = heads(pooled, neck, embedding, owner, labels)
-            loss = terms["total"]
-            if not torch.isfinite(loss):
-                raise TrainError(f"loss became {loss.item()} at step {step}; lower optim.lr")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(
-                [p for g in opt.param_groups for p in g["params"]], cfg.optim.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            if ema is not None:
-                ema.update_parameters(model)
-            step += 1
+            torch.manual_seed(cfg.seed * 1_000_003 + state.step)
+            batch = sampler.batch(state.step)
+            lr = run.lr
+            terms = optimizer_step(trainee, batch, lr, cfg.optim.grad_clip, state.step)
+            state.step += 1
             dt = time.time() - t0
-            elapsed += dt
-            row: dict[str, Any] = {
-                "step": step, "elapsed_s": round(elapsed, 1), "epoch": round(epoch(), 4),
-                "lr": lr, "tau": float(heads.proxy.tau.item()) if heads.proxy is not None else "",
-                "n_samples": batch.n_samples, "n_chunks": batch.total_chunks,
-                "step_seconds": round(dt, 3),
-            }
-            row.update({k: round(float(v.item()), 5) for k, v in terms.items()})
-            _append_csv(run_dir / "train_log.csv", row, train_cols)
-            advance(step, float(loss.item()))
-            if not interactive and step % 10 == 0:
-                _print(f"step {step} loss {float(loss.item()):.4f} "
+            state.elapsed_s += dt
+            row = step_row(state, run.epoch, lr, trainee.heads, batch, dt, terms)
+            _append_csv(run_dir / "train_log.csv", row, TRAIN_COLUMNS)
+            loss = float(terms["total"].item())
+            advance(state.step, loss)
+            if not interactive and state.step % 10 == 0:
+                _print(f"step {state.step} loss {loss:.4f} "
                        + " ".join(f"{k} {float(v.item()):.3f}" for k, v in terms.items()
                                   if k != "total")
                        + f" chunks {batch.total_chunks} {dt:.2f}s/step lr {lr:.2e}")
-            if step % cfg.val_every_steps == 0:
+            if state.step % cfg.val_every_steps == 0:
                 t_val = time.time()
-                run_validation()
-                elapsed += time.time() - t_val
-                model.train()
-            if step % cfg.checkpoint_every_steps == 0:
-                save_state()
-    save_state()
-    return TrainResult(run_dir=run_dir, steps=step, elapsed_s=elapsed, best=best, history=history)
-
-
-def _ema_model(model: CoverEncoder, decay: float) -> AveragedModel | None:
-    """The moving average of ``model``'s weights and BatchNorm statistics, or None (off).
-
-    Its first update copies the model (so a warm start's weights are where it begins)."""
-    if decay <= 0:
-        return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-
-
-def _encoder_state(state: dict[str, Any]) -> dict[str, Tensor]:
-    """A training state's encoder weights: the moving average when the run kept one (it is
-    what the run validated and saved as best.pt), else the trained weights."""
-    if "ema" not in state:
-        return dict(state["model"])
-    prefix = "module."
-    return {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
-
-
-def _warm_start(model: CoverEncoder, heads: nn.Module, source: Path, enc_cfg: EncoderConfig,
-                device: torch.device) -> dict[str, Any]:
-    """Load ``source`` into a new run: a run's training state (encoder and the heads that
-    fit) or a shipped model checkpoint (encoder only; heads start fresh). Fine-tuning a
-    shipped model on one's own catalogue starts here."""
-    try:
-        src = torch.load(source, map_location=device, weights_only=True)
-    except Exception:  # load_checkpoint below names what is wrong
-        src = None
-    if isinstance(src, dict) and src.get("format") == TRAIN_STATE_FORMAT:
-        changed = _warm_startable_changes(EncoderConfig.from_dict(src["encoder_config"]),
-                                          enc_cfg)
-        if changed is None:
-            raise TrainError(f"--init-from {source}: its encoder config differs from this run's "
-                             "in more than its strides and added blocks")
-        weights = "average" if "ema" in src else "trained"
-        new_blocks = _load_encoder(model, _encoder_state(src), source)
-        heads_state = heads.state_dict()
-        same = {k: v for k, v in src["heads"].items()
-                if k in heads_state and heads_state[k].shape == v.shape}
-        heads.load_state_dict(same, strict=False)
-        return {"init_from": str(source), "kind": "training state",
-                "source_step": int(src["step"]), "source_elapsed_s": float(src["elapsed_s"]),
-                "heads_loaded": sorted(same), "config_changes": changed,
-                "new_blocks": new_blocks, "weights": weights}
-    try:
-        loaded = load_checkpoint(source)
-        changed = _warm_startable_changes(loaded.cfg, enc_cfg)
-        if changed is None:
-            raise CheckpointError(
-                "its encoder differs from this run's in more than its strides and added "
-                "blocks: " + "; ".join(f"{k} {x!r} != {y!r}"
-                                       for k, (x, y) in loaded.cfg.changes_to(enc_cfg).items()))
-    except CheckpointError as exc:
-        raise TrainError(f"--init-from {source} is neither a training state nor a usable "
-                         f"model checkpoint: {exc}") from exc
-    new_blocks = _load_encoder(model, loaded.model.state_dict(), source)
-    return {"init_from": str(source), "kind": "model checkpoint", "model_id": loaded.model_id,
-            "heads_loaded": [], "config_changes": changed, "new_blocks": new_blocks}
-
-
-# Encoder fields a warm start may change. Strides set how far the feature maps are
-# strided and never a parameter's shape: weights trained at one time resolution can
-# seed a run at another (the seventh session's finer time axis). More blocks per stage
-# start as identities (``load_into_deeper``): the eighth session's deeper encoder.
-_WARM_START_FIELDS = frozenset({"name", "stem_stride", "stem_pool_stride", "stage_strides",
-                                "layers"})
-
-
-def _warm_startable_changes(src: EncoderConfig,
-                            dst: EncoderConfig) -> dict[str, list[Any]] | None:
-    """The fields that differ (source, run), or None when the source cannot seed the run:
-    a field outside ``_WARM_START_FIELDS`` differs, or a stage loses blocks."""
-    changes = src.changes_to(dst)
-    if set(changes) - _WARM_START_FIELDS:
-        return None
-    if "layers" in changes:
-        old, new = changes["layers"]
-        if len(old) != len(new) or any(a > b for a, b in zip(old, new, strict=True)):
-            return None
-    return {k: [v[0], v[1]] for k, v in changes.items() if k != "name"}
-
-
-def _load_encoder(model: CoverEncoder, state: dict[str, Tensor], source: Path) -> list[str]:
-    """Load the source's encoder weights; blocks it lacks start as identities."""
-    try:
-        return load_into_deeper(model, state)
-    except ValueError as exc:
-        raise TrainError(f"--init-from {source}: {exc}") from exc
+                run.validate()
+                state.elapsed_s += time.time() - t_val
+                trainee.model.train()
+            if state.step % cfg.checkpoint_every_steps == 0:
+                run.save()
+    run.save()
+    return TrainResult(run_dir=run_dir, steps=state.step, elapsed_s=state.elapsed_s,
+                       best=state.best, history=state.history)
 
 
 def _print(msg: str) -> None:
@@ -535,12 +464,4 @@ def _progress(enabled: bool, total: int, start: int) -> Iterator[Any]:
             prog.update(task, completed=step, loss=loss)
 
         yield advance
-
-
-def load_best_model(run_dir: Path) -> CoverEncoder:
-    """The best encoder of a run (for eval and shipping)."""
-    from streamcover.model.checkpoint import load_checkpoint
-
-    return load_checkpoint(Path(run_dir) / "best.pt").model
-
 

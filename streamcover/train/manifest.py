@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from streamcover.data.tracks import TrackSet
 from streamcover.log import get_logger
 from streamcover.manifests import ManifestError, read_manifest_rows
-from streamcover.train.tracks import TrackSet
 
 if TYPE_CHECKING:
     from streamcover.audio.frontend import FrontEnd

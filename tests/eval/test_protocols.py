@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from streamcover.data.tracks import TrackSet
 from streamcover.eval.protocols import ChunkSets, full_length, maxmean_matrix, short_queries
 from streamcover.model.maxmean import maxmean, set_score
-from streamcover.train.tracks import TrackSet
 
 
 def _unit(rng: np.random.Generator, n: int, d: int = 6) -> np.ndarray:
@@ -96,3 +96,31 @@ def test_short_queries_exclude_the_query_recording(by_work: bool) -> None:
         else:
             # only the clip's own recording matches it, and it is excluded: chance level
             assert m.map < 0.9
+
+
+def test_eval_and_data_do_not_import_train() -> None:
+    """Imports go one way, train -> eval -> data: evaluation never loads the trainer."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import streamcover.data.shs, streamcover.data.tracks, streamcover.data.chunker\n"
+        "import streamcover.eval.baselines, streamcover.eval.embedders\n"
+        "import streamcover.eval.metrics, streamcover.eval.protocols, streamcover.eval.report\n"
+        "bad = sorted(m for m in sys.modules if m.startswith('streamcover.train'))\n"
+        "print(bad)\n"
+        "raise SystemExit(1 if bad else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_train_paths_still_reexport_the_data_types() -> None:
+    from streamcover.data import shs as data_shs
+    from streamcover.train import shs as train_shs
+    from streamcover.train.tracks import TrackSet as TrainTrackSet
+
+    assert TrainTrackSet is TrackSet
+    assert train_shs.load_shs is data_shs.load_shs and train_shs.ShsData is data_shs.ShsData

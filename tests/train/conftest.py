@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamcover.train.shs import DEFAULT_SHS_PATH, ShsData, load_shs
+from streamcover.data.shs import DEFAULT_SHS_PATH, ShsData, load_shs
 
 
 @pytest.fixture(scope="session")

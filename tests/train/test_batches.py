@@ -7,10 +7,10 @@ import pytest
 from train_helpers import synthetic_recordings, write_shs_npz
 
 from streamcover.audio.chunking import chunk_features
+from streamcover.data.shs import load_shs
+from streamcover.data.tracks import TrackSet
 from streamcover.train.batches import PKBatchSampler
 from streamcover.train.config import AugmentConfig, DataConfig
-from streamcover.train.shs import load_shs
-from streamcover.train.tracks import TrackSet
 
 
 @pytest.fixture(scope="module")

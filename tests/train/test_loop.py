@@ -9,10 +9,10 @@ import pytest
 import torch
 from train_helpers import TINY_ENCODER
 
+from streamcover.data.shs import ShsData
 from streamcover.model.checkpoint import CheckpointError, load_checkpoint
 from streamcover.train.config import TrainConfig, load_train_config
 from streamcover.train.loop import TrainError, build_encoder_config, train
-from streamcover.train.shs import ShsData
 
 
 def _config(**kw: object) -> TrainConfig:

@@ -10,14 +10,14 @@ from train_helpers import TINY_ENCODER
 
 from streamcover.audio.frontend import make_frontend
 from streamcover.config import FrontEndSettings
+from streamcover.data.shs import ShsData
+from streamcover.data.tracks import TrackSet
 from streamcover.train.manifest import (
     ManifestError,
     compute_features,
     manifest_tracks,
     read_manifest,
 )
-from streamcover.train.shs import ShsData
-from streamcover.train.tracks import TrackSet
 
 SR = 22_050
 
@@ -150,7 +150,7 @@ def test_shs_and_manifest_recordings_combine(shs_real_slice: ShsData, tmp_path: 
 def test_train_command_takes_shs_and_manifest(shs_real_slice: ShsData, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     from streamcover.cli import main
-    from streamcover.train.shs import DEFAULT_SHS_PATH
+    from streamcover.data.shs import DEFAULT_SHS_PATH
 
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps({

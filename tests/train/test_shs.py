@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from train_helpers import synthetic_recordings, write_shs_npz
 
-from streamcover.train.shs import (
+from streamcover.data.shs import (
     SHS_FRAMES_PER_SECOND,
     ShsFormatError,
     load_shs,
