@@ -172,6 +172,13 @@ class CatalogSettings(BaseModel):
     # what sets p99 on a small shared machine (streamcover.device.configure_search_threads).
     search_threads: int = Field(1, ge=0)
     snapshot_poll_seconds: float = Field(5.0, gt=0)
+    # Hop between reference chunks (`catalog add` / `reembed`); query windows keep
+    # audio.hop_seconds. A denser reference grid bounds how far off it a query can start
+    # (half this hop); measured in docs/results/2026-12-03-reference-grid.md.
+    reference_hop_seconds: float = Field(5.0, gt=0, le=60)
+    # Cap on a reference's `extra` metadata (JSON bytes), checked at catalog time: it is
+    # copied into every match event, which must fit the broker's max.message.bytes.
+    max_extra_bytes: int = Field(4096, ge=0, le=262_144)
 
 
 class MatchSettings(BaseModel):

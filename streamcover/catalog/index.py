@@ -45,6 +45,7 @@ from streamcover.catalog.store import (
     Catalog,
     CatalogCorruptError,
     CatalogError,
+    FeatureStore,
     RefLayout,
     atomic_write_bytes,
     fsync_dir,
@@ -547,10 +548,14 @@ class SearchView:
         layout: RefLayout,
         segments: dict[int, np.ndarray],
         snapshot: Snapshot | None,
+        features: FeatureStore | None = None,
+        reference_hop_s: float | None = None,
     ) -> None:
         import faiss
 
         self.catalog_path = catalog_path
+        self.features = features if features is not None else FeatureStore.empty()
+        self.reference_hop_s = reference_hop_s
         self.model_id = model_id
         self.dim = dim
         self.store_version = store_version
@@ -625,6 +630,8 @@ class SearchView:
                             for k, v in cat.segments(verify=verify).items()}
                         dim = cat.dim
                         model_id = cat.model_id
+                        features = cat.features(verify=verify)
+                        hop = cat.reference_hop_seconds
                 except CatalogCorruptError:
                     # A concurrent compaction may have unlinked a segment between our reads.
                     if attempt < 4 and cat.version != version:
@@ -645,7 +652,8 @@ class SearchView:
                 # Snapshot newer than what we read: re-read the store.
                 continue
             return cls(path, model_id=model_id, dim=dim, store_version=version, layout=layout,
-                       segments=segments, snapshot=snap)
+                       segments=segments, snapshot=snap, features=features,
+                       reference_hop_s=hop)
         raise CatalogError(f"catalog {path} kept changing while being opened")
 
     # -------------------------------------------------------------- queries
@@ -664,6 +672,20 @@ class SearchView:
         n = int(lay.n_chunks[key])
         s = int(lay.row_start[key])
         return self.segments[int(lay.segment[key])][s : s + n]
+
+    def ref_features(self, key: int) -> np.ndarray | None:
+        """Stored feature frames [T, bins] uint8 of a live reference (a view into the memory
+        map; value ~= q / 255 * ``features.scale[key]``, which is 1 for HPCP; frame i starts
+        at i / ``feature_fps`` s), or None when the catalog holds none for it (added without
+        features, or before they were stored)."""
+        if not self.is_live(key) or not self.features.has(key):
+            return None
+        return self.features.get(key)
+
+    @property
+    def feature_fps(self) -> float | None:
+        """Frames per second of the stored feature sequences (None: none stored)."""
+        return self.features.fps
 
     def ref_starts(self, key: int) -> np.ndarray:
         b = int(self.layout.chunk_base[key])

@@ -4,6 +4,8 @@ Layout of a catalog directory::
 
     catalog.sqlite (+ -wal, -shm)   references, chunks, segments, meta (model id, dim, version)
     segments/seg-000001.f16         immutable, checksummed float16 rows, memory-mapped for reads
+    features/fseg-000001.u8         immutable, checksummed uint8 feature frames [T, bins] per
+                                    reference (stage-3 alignment), memory-mapped for reads
     snapshots/<name>/               immutable index snapshots (see ``index.py``)
     CURRENT                         name of the snapshot a monitor should serve
     LOCK                            held (flock) by the single writer
@@ -39,6 +41,7 @@ import numpy as np
 SCHEMA_VERSION = 1
 DB_NAME = "catalog.sqlite"
 SEGMENT_DIR = "segments"
+FEATURE_DIR = "features"
 SNAPSHOT_DIR = "snapshots"
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = "LOCK"
@@ -48,6 +51,22 @@ SEGMENT_MAGIC = b"SCSEG001"
 _SEG_HEADER = struct.Struct("<8sIIQI16sI")
 SEGMENT_HEADER_BYTES = 64
 assert _SEG_HEADER.size <= SEGMENT_HEADER_BYTES
+
+FEATURE_MAGIC = b"SCFEA001"
+# magic, header version, bins, frames, payload crc32, quantisation code, frames/s, header crc32
+_FEAT_HEADER = struct.Struct("<8sIIQIIdI")
+assert _FEAT_HEADER.size <= SEGMENT_HEADER_BYTES
+# Quantisation code 1: uint8 q = round(255 * x / scale), scale = the reference's maximum
+# (stored per reference), so x ~= q / 255 * scale. HPCP frames are max-normalised already,
+# so for HPCP scale is 1 and q / 255 is the feature (the shared SHS files' convention).
+FEATURE_QUANT_U8_MAX = 1
+FEATURE_FORMAT = "u8-refmax-v1"
+# A feature sequence wider than this is not a front end's output.
+_MAX_FEATURE_BINS = 1024
+
+# `extra` fields are copied into every match event, which must fit the broker's
+# max.message.bytes; this caps their JSON encoding per reference (catalog.max_extra_bytes).
+MAX_EXTRA_BYTES = 4096
 
 # Rows are L2-normalised before storage; anything this far from unit norm is rejected
 # (NaN, inf, all-zero), because it would poison the inner-product index silently.
@@ -139,16 +158,22 @@ def write_segment(path: Path, rows: np.ndarray, model_id: str) -> tuple[int, int
     return crc, len(head) + len(payload)
 
 
-def read_segment_header(path: Path) -> tuple[int, int, int, bytes]:
-    """Return (dim, rows, crc32, model digest) after checking magic, header CRC and length."""
+def _read_head(path: Path, what: str) -> tuple[int, bytes]:
+    """(file size, first header bytes) of a segment file; missing or short is corrupt."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
             head = fh.read(SEGMENT_HEADER_BYTES)
     except FileNotFoundError:
-        raise CatalogCorruptError(f"segment {path} is missing") from None
+        raise CatalogCorruptError(f"{what} {path} is missing") from None
     if len(head) < SEGMENT_HEADER_BYTES:
-        raise CatalogCorruptError(f"segment {path} is truncated (header is {len(head)} bytes)")
+        raise CatalogCorruptError(f"{what} {path} is truncated (header is {len(head)} bytes)")
+    return size, head
+
+
+def read_segment_header(path: Path) -> tuple[int, int, int, bytes]:
+    """Return (dim, rows, crc32, model digest) after checking magic, header CRC and length."""
+    size, head = _read_head(path, "segment")
     magic, _ver, dim, rows, crc, digest, head_crc = _SEG_HEADER.unpack(head[: _SEG_HEADER.size])
     if magic != SEGMENT_MAGIC:
         raise CatalogCorruptError(f"segment {path} has a bad magic number {magic!r}")
@@ -179,6 +204,93 @@ def map_segment(path: Path, *, verify: bool = True, model_id: str | None = None)
     return mm
 
 
+def quantize_features(features: np.ndarray, what: str) -> tuple[np.ndarray, float]:
+    """uint8 frames [T, bins] and the scale of a front end's features [bins, T].
+
+    Float input must be finite and non-negative; it is divided by its maximum and rounded
+    to 0..255 (``FEATURE_QUANT_U8_MAX``). uint8 input is stored as it is (scale 1).
+    """
+    f = np.asarray(features)
+    if f.ndim != 2 or f.shape[1] < 1 or not 1 <= f.shape[0] <= _MAX_FEATURE_BINS:
+        raise ValueError(
+            f"{what}: features must be [bins, T] with 1..{_MAX_FEATURE_BINS} bins and T >= 1, "
+            f"got shape {f.shape}"
+        )
+    if f.dtype == np.uint8:
+        return np.ascontiguousarray(f.T), 1.0
+    x = f.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{what}: features contain NaN or inf")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0:
+        raise ValueError(f"{what}: features must be non-negative (minimum {lo:.3g})")
+    if hi == 0:
+        return np.zeros((x.shape[1], x.shape[0]), np.uint8), 0.0
+    q = np.rint(x.T * np.float32(255.0 / hi))
+    return np.ascontiguousarray(np.clip(q, 0, 255).astype(np.uint8)), hi
+
+
+def write_feature_segment(path: Path, frames: np.ndarray, fps: float) -> tuple[int, int]:
+    """Write uint8 frames [T, bins] durably to ``path``; return (crc32, bytes)."""
+    data = np.ascontiguousarray(frames, dtype=np.uint8)
+    n, bins = data.shape
+    payload = data.tobytes()
+    crc = zlib.crc32(payload)
+    head = _FEAT_HEADER.pack(FEATURE_MAGIC, 1, bins, n, crc, FEATURE_QUANT_U8_MAX, float(fps), 0)
+    head = head[:-4] + struct.pack("<I", zlib.crc32(head[:-4]))
+    head = head.ljust(SEGMENT_HEADER_BYTES, b"\0")
+    atomic_write_bytes(path, head + payload)
+    return crc, len(head) + len(payload)
+
+
+def read_feature_header(path: Path) -> tuple[int, int, int, float]:
+    """Return (bins, frames, crc32, fps) after checking magic, header CRC and exact length."""
+    size, head = _read_head(path, "feature segment")
+    magic, _ver, bins, frames, crc, quant, fps, head_crc = _FEAT_HEADER.unpack(
+        head[: _FEAT_HEADER.size])
+    if magic != FEATURE_MAGIC:
+        raise CatalogCorruptError(f"feature segment {path} has a bad magic number {magic!r}")
+    if zlib.crc32(head[: _FEAT_HEADER.size - 4]) != head_crc:
+        raise CatalogCorruptError(f"feature segment {path} has a corrupt header (CRC mismatch)")
+    if quant != FEATURE_QUANT_U8_MAX:
+        raise CatalogCorruptError(f"feature segment {path} has unknown quantisation {quant}")
+    expected = SEGMENT_HEADER_BYTES + frames * bins
+    if size != expected:
+        raise CatalogCorruptError(
+            f"feature segment {path} is {size} bytes, expected {expected} ({frames} frames x "
+            f"{bins} bins): truncated or partially written"
+        )
+    return bins, frames, crc, fps
+
+
+def map_feature_segment(path: Path, *, verify: bool = True) -> np.ndarray:
+    """Memory-map a feature segment as uint8 [frames, bins] (a plain ndarray view)."""
+    bins, frames, crc, _fps = read_feature_header(path)
+    if frames == 0:
+        return np.zeros((0, bins), np.uint8)
+    mm = np.memmap(path, dtype=np.uint8, mode="r", offset=SEGMENT_HEADER_BYTES,
+                   shape=(frames, bins))
+    if verify and zlib.crc32(mm.data) != crc:
+        raise CatalogCorruptError(f"feature segment {path} failed its checksum (file is corrupt)")
+    return mm.view(np.ndarray)
+
+
+def extra_bytes(extra: dict[str, Any]) -> int:
+    """Size of ``extra`` as stored and as carried by events (UTF-8 JSON)."""
+    return len(json.dumps(extra, sort_keys=True, default=str).encode("utf-8"))
+
+
+def check_extra(extra: dict[str, Any], what: str, limit: int = MAX_EXTRA_BYTES) -> None:
+    """Refuse ``extra`` metadata over ``limit`` bytes: it is copied into every match event."""
+    size = extra_bytes(extra)
+    if size > limit:
+        raise ValueError(
+            f"{what}: extra metadata is {size:,} bytes of JSON, over the {limit:,}-byte limit "
+            "(catalog.max_extra_bytes); it is copied into every match event, which must fit "
+            "the broker's max.message.bytes"
+        )
+
+
 # ----------------------------------------------------------------------------- records
 
 
@@ -196,6 +308,9 @@ class ReferenceInput:
     extra: dict[str, Any] = field(default_factory=dict)
     content_hash: str | None = None
     source_path: str | None = None
+    # The front end's feature sequence [bins, T] (float in 0..1, or uint8) that the
+    # embeddings came from, stored quantised for stage-3 alignment; None: not stored.
+    features: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -258,6 +373,43 @@ def live_mask(keys: np.ndarray, n_chunks: np.ndarray) -> np.ndarray:
     return inside & (n_chunks[np.where(inside, keys, 0)] > 0)
 
 
+@dataclass(frozen=True)
+class FeatureStore:
+    """Stored feature sequences of the live references, by reference key (stage 3).
+
+    Arrays are indexed by key like :class:`RefLayout`; ``segments`` are read-only memory
+    maps, so :meth:`get` returns a view and copies nothing.
+    """
+
+    segment: np.ndarray  # [max_key+1] int64 feature segment id (-1 = none stored)
+    frame_start: np.ndarray  # [max_key+1] int64
+    frames: np.ndarray  # [max_key+1] int64 (0 = none stored)
+    scale: np.ndarray  # [max_key+1] float32: x ~= q / 255 * scale
+    segments: dict[int, np.ndarray]
+    fps: float | None  # frames per second of every stored sequence
+    bins: int | None
+
+    @classmethod
+    def empty(cls) -> FeatureStore:
+        z = np.zeros(0, np.int64)
+        return cls(z, z, z, np.zeros(0, np.float32), {}, None, None)
+
+    def has(self, key: int) -> bool:
+        return 0 <= key < self.frames.shape[0] and bool(self.frames[key] > 0)
+
+    def get(self, key: int) -> np.ndarray:
+        """uint8 frames [T, bins] of reference ``key`` (a view into the map); KeyError if
+        it has none stored."""
+        if not self.has(key):
+            raise KeyError(f"reference key {key} has no stored features")
+        s = int(self.frame_start[key])
+        return self.segments[int(self.segment[key])][s : s + int(self.frames[key])]
+
+    @property
+    def n_references(self) -> int:
+        return int((self.frames > 0).sum())
+
+
 _REF_COLUMNS = (
     "key, id, title, artist, rights_holder, duration, extra, content_hash, source_path, "
     "added_at, added_version, tombstone, n_chunks"
@@ -298,6 +450,22 @@ CREATE TABLE IF NOT EXISTS chunks (
     row INTEGER NOT NULL,
     PRIMARY KEY (ref_key, ordinal)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS feature_segments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    file TEXT NOT NULL UNIQUE,
+    frames INTEGER NOT NULL,
+    bins INTEGER NOT NULL,
+    crc32 INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    created_version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ref_features (
+    ref_key INTEGER PRIMARY KEY REFERENCES refs(key),
+    segment_id INTEGER NOT NULL REFERENCES feature_segments(id),
+    frame_start INTEGER NOT NULL,
+    frames INTEGER NOT NULL,
+    scale REAL NOT NULL
+);
 """
 
 
@@ -314,6 +482,7 @@ class Catalog:
         self._conn = conn
         self._lock_fd = lock_fd
         self._segments: dict[int, np.memmap] = {}
+        self._feature_maps: dict[int, np.ndarray] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -342,6 +511,7 @@ class Catalog:
             root.mkdir(parents=True, exist_ok=True)
             (root / SEGMENT_DIR).mkdir(exist_ok=True)
             (root / SNAPSHOT_DIR).mkdir(exist_ok=True)
+            (root / FEATURE_DIR).mkdir(exist_ok=True)
             lock_fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -387,6 +557,7 @@ class Catalog:
 
     def close(self) -> None:
         self._segments.clear()
+        self._feature_maps.clear()
         self._conn.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -417,6 +588,48 @@ class Catalog:
     def dim(self) -> int | None:
         d = self._meta("dim")
         return None if d is None else int(d)
+
+    @property
+    def reference_hop_seconds(self) -> float | None:
+        """The hop the references were chunked at (None: a catalog from before it was
+        recorded, built at the then query hop of 10 s)."""
+        h = self._meta("reference_hop_seconds")
+        return None if h is None else float(h)
+
+    @property
+    def feature_fps(self) -> float | None:
+        f = self._meta("feature_fps")
+        return None if f is None else float(f)
+
+    def _has_feature_tables(self) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ref_features'"
+        ).fetchone()
+        return row is not None
+
+    def _check_meta(self, key: str, value: float, what: str) -> bool:
+        """Whether ``key`` is still unrecorded; a different recorded value is an error."""
+        have = self._meta(key)
+        if have is not None and abs(float(have) - float(value)) > 1e-9:
+            raise CatalogError(
+                f"catalog {self.path} holds {what} {float(have):g}, not {float(value):g}; "
+                "rebuild it with `streamcover catalog reembed` or use the catalog's setting"
+            )
+        return have is None
+
+    def _bind_meta(self, key: str, value: float, what: str) -> None:
+        """Inside a transaction: record ``key`` on first use, refuse a different value later."""
+        if self._check_meta(key, value, what):
+            self._conn.execute("INSERT INTO meta VALUES (?, ?)", (key, repr(float(value))))
+
+    def _check_hop(self, hop_s: float) -> None:
+        if self._meta("reference_hop_seconds") is None and self._count_refs() > 0:
+            raise CatalogError(
+                f"catalog {self.path} predates catalog.reference_hop_seconds (its "
+                "references sit on the 10 s query grid); rebuild it with "
+                "`streamcover catalog reembed` before adding to it"
+            )
+        self._check_meta("reference_hop_seconds", hop_s, "references at hop (s)")
 
     def check_model(self, model_id: str, what: str = "query") -> None:
         """Refuse a query or embeddings made by a model other than the catalog's."""
@@ -460,6 +673,10 @@ class Catalog:
         for p in seg_dir.iterdir():
             if p.name not in known:
                 p.unlink()
+        known_feat = {r[0] for r in self._conn.execute("SELECT file FROM feature_segments")}
+        for p in (self.path / FEATURE_DIR).iterdir():
+            if p.name not in known_feat:
+                p.unlink()
         snap_dir = self.path / SNAPSHOT_DIR
         for p in snap_dir.glob(".tmp-*"):
             import shutil
@@ -490,11 +707,21 @@ class Catalog:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def add_references(self, refs: Sequence[ReferenceInput], model_id: str) -> AddResult:
-        """Add a batch durably: one new segment, then one SQLite transaction.
+    def add_references(
+        self,
+        refs: Sequence[ReferenceInput],
+        model_id: str,
+        *,
+        reference_hop_s: float | None = None,
+        feature_fps: float | None = None,
+        max_extra_bytes: int = MAX_EXTRA_BYTES,
+    ) -> AddResult:
+        """Add a batch durably: new segment files, then one SQLite transaction.
 
         Ids already live are skipped (idempotent resume). Model id and dimension are
-        checked against the catalog's; the first add binds them.
+        checked against the catalog's; the first add binds them, and likewise
+        ``reference_hop_s`` (the hop the references were chunked at) and ``feature_fps``
+        (the frame rate of ``ReferenceInput.features``, required when any are given).
         """
         self._require_writer()
         self.check_model(model_id, "embeddings being added")
@@ -512,29 +739,65 @@ class Catalog:
         if not todo:
             return AddResult([], skipped, self.version)
         mats = []
+        feats: list[tuple[np.ndarray, float] | None] = []
         for r in todo:
-            v = normalise_rows(r.vectors, f"reference {r.id!r}")
+            what = f"reference {r.id!r}"
+            v = normalise_rows(r.vectors, what)
             if v.shape[0] == 0:
-                raise ValueError(f"reference {r.id!r} has no chunks")
+                raise ValueError(f"{what} has no chunks")
             starts = np.asarray(r.starts, dtype=np.float64)
             if starts.shape != (v.shape[0],):
                 raise ValueError(
-                    f"reference {r.id!r}: {v.shape[0]} embeddings but starts has shape {starts.shape}"
+                    f"{what}: {v.shape[0]} embeddings but starts has shape {starts.shape}"
                 )
+            check_extra(r.extra, what, max_extra_bytes)
             mats.append(v)
+            feats.append(None if r.features is None else self._feature_rows(r, starts, feature_fps))
         dim = mats[0].shape[1]
         if any(m.shape[1] != dim for m in mats):
             raise ValueError("all references in one batch must have the same embedding dimension")
+        have_feats = [f for f in feats if f is not None]
+        bins = have_feats[0][0].shape[1] if have_feats else 0
+        if any(f[0].shape[1] != bins for f in have_feats):
+            raise ValueError("all references in one batch must have the same number of feature bins")
+        # Refuse a mismatch before writing any file.
+        if reference_hop_s is not None:
+            self._check_hop(reference_hop_s)
+        if have_feats:
+            assert feature_fps is not None
+            self._check_meta("feature_fps", feature_fps, "features at frames/s")
+            self._check_meta("feature_bins", bins, "features of bins")
         self._bind_model(model_id, dim)
         rows = np.concatenate(mats, axis=0)
-        # Unique name, never reused: a crashed attempt's orphan cannot collide.
-        name = f"seg-{time.time_ns():020d}-{os.getpid()}.f16"
+        # Unique names, never reused: a crashed attempt's orphan cannot collide.
+        stamp = f"{time.time_ns():020d}-{os.getpid()}"
+        name = f"seg-{stamp}.f16"
         crc, nbytes = write_segment(self.path / SEGMENT_DIR / name, rows, model_id)
+        fname = f"fseg-{stamp}.u8"
+        fmat = np.concatenate([f[0] for f in have_feats]) if have_feats else None
+        if fmat is not None:
+            assert feature_fps is not None
+            fcrc, fbytes = write_feature_segment(self.path / FEATURE_DIR / fname, fmat, feature_fps)
         with _tx(self._conn):
             version, seg_id = self._register_segment(name, rows.shape[0], dim, crc, nbytes)
+            fseg_id = 0
+            if fmat is not None:
+                assert feature_fps is not None
+                self._bind_meta("feature_fps", feature_fps, "features at frames/s")
+                self._bind_meta("feature_bins", bins, "features of bins")
+                cur = self._conn.execute(
+                    "INSERT INTO feature_segments (file, frames, bins, crc32, bytes, "
+                    "created_version) VALUES (?, ?, ?, ?, ?, ?)",
+                    (fname, fmat.shape[0], bins, fcrc, fbytes, version),
+                )
+                fseg_id = int(cur.lastrowid or 0)
+            if reference_hop_s is not None:
+                self._check_hop(reference_hop_s)
+                self._bind_meta("reference_hop_seconds", reference_hop_s, "references at hop (s)")
             row = 0
+            frow = 0
             now = _now()
-            for r, m in zip(todo, mats, strict=True):
+            for r, m, f in zip(todo, mats, feats, strict=True):
                 cur = self._conn.execute(
                     "INSERT INTO refs (id, title, artist, rights_holder, duration, extra, "
                     "content_hash, source_path, added_at, added_version, segment_id, row_start, "
@@ -550,7 +813,33 @@ class Catalog:
                      for i, s in enumerate(np.asarray(r.starts, dtype=np.float64))],
                 )
                 row += m.shape[0]
+                if f is not None:
+                    self._conn.execute(
+                        "INSERT INTO ref_features VALUES (?, ?, ?, ?, ?)",
+                        (key, fseg_id, frow, f[0].shape[0], f[1]),
+                    )
+                    frow += f[0].shape[0]
         return AddResult([r.id for r in todo], skipped, version)
+
+    @staticmethod
+    def _feature_rows(
+        r: ReferenceInput, starts: np.ndarray, fps: float | None
+    ) -> tuple[np.ndarray, float]:
+        """Quantised frames of one reference, checked against its chunk starts."""
+        what = f"reference {r.id!r}"
+        if fps is None or not fps > 0:
+            raise ValueError(f"{what}: features given without a positive feature_fps")
+        assert r.features is not None
+        q, scale = quantize_features(r.features, what)
+        if float(starts.max()) > q.shape[0] / fps + 1e-6:
+            raise ValueError(
+                f"{what}: {q.shape[0]} feature frames ({q.shape[0] / fps:.1f} s) end before "
+                f"its last chunk start ({float(starts.max()):.1f} s)"
+            )
+        return q, scale
+
+    def _count_refs(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM refs").fetchone()[0])
 
     def _register_segment(
         self, name: str, n_rows: int, dim: int, crc: int, nbytes: int
@@ -621,7 +910,46 @@ class Catalog:
             with contextlib.suppress(FileNotFoundError):
                 (self.path / SEGMENT_DIR / f).unlink()
         fsync_dir(self.path / SEGMENT_DIR)
+        self._compact_features(keys)
         return {"segments_before": len(old), "segments_after": 1, "chunks": int(rows.shape[0])}
+
+    def _compact_features(self, keys: np.ndarray) -> None:
+        """Rewrite the live references' stored features into one feature segment (same
+        order of writes as the embeddings: file durable first, then one transaction)."""
+        old = [(int(i), str(f)) for i, f in
+               self._conn.execute("SELECT id, file FROM feature_segments")]
+        if not old:
+            return
+        store = self.features()
+        live = [int(k) for k in keys if store.has(int(k))]
+        bins = int(store.bins or 0)
+        parts = [store.get(k) for k in live]
+        frames = np.concatenate(parts) if parts else np.zeros((0, bins), np.uint8)
+        name = f"fseg-{time.time_ns():020d}-{os.getpid()}.u8"
+        crc, nbytes = write_feature_segment(self.path / FEATURE_DIR / name, frames,
+                                            float(store.fps or 0.0))
+        with _tx(self._conn):
+            cur = self._conn.execute(
+                "INSERT INTO feature_segments (file, frames, bins, crc32, bytes, created_version) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (name, frames.shape[0], bins, crc, nbytes, self.version),
+            )
+            fseg_id = int(cur.lastrowid or 0)
+            start = 0
+            for k, part in zip(live, parts, strict=True):
+                self._conn.execute(
+                    "UPDATE ref_features SET segment_id = ?, frame_start = ? WHERE ref_key = ?",
+                    (fseg_id, start, k),
+                )
+                start += part.shape[0]
+            self._conn.execute(
+                "DELETE FROM ref_features WHERE ref_key IN (SELECT key FROM refs WHERE tombstone = 1)"
+            )
+            self._conn.execute("DELETE FROM feature_segments WHERE id != ?", (fseg_id,))
+        self._feature_maps.clear()
+        for _, f in old:
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / FEATURE_DIR / f).unlink()
+        fsync_dir(self.path / FEATURE_DIR)
 
     # ------------------------------------------------------------------ reads
 
@@ -685,7 +1013,24 @@ class Catalog:
             "segment_rows": int(seg_rows),
             "segment_bytes": int(seg_bytes),
             "dead_rows": int(seg_rows) - int(live_chunks),
+            "reference_hop_seconds": self.reference_hop_seconds,
+            **self._feature_stats(),
         }
+
+    def _feature_stats(self) -> dict[str, Any]:
+        if not self._has_feature_tables():
+            return {"feature_references": 0, "feature_frames": 0, "feature_bytes": 0,
+                    "feature_format": None, "feature_fps": None}
+        n, frames = self._conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(f.frames), 0) FROM ref_features f "
+            "JOIN refs r ON r.key = f.ref_key WHERE r.tombstone = 0"
+        ).fetchone()
+        nbytes = self._conn.execute(
+            "SELECT COALESCE(SUM(bytes), 0) FROM feature_segments").fetchone()[0]
+        return {"feature_references": int(n), "feature_frames": int(frames),
+                "feature_bytes": int(nbytes),
+                "feature_format": FEATURE_FORMAT if int(n) else None,
+                "feature_fps": self.feature_fps}
 
     def segment(self, seg_id: int, *, verify: bool = True) -> np.memmap:
         """The memory-mapped rows of a segment (checked once per process)."""
@@ -744,6 +1089,61 @@ class Catalog:
             )
         return RefLayout(keys, seg, row_start, n, added, base, starts)
 
+    def feature_segment(self, seg_id: int, *, verify: bool = True) -> np.ndarray:
+        """The memory-mapped frames [T, bins] of a feature segment (checked once per process)."""
+        mm = self._feature_maps.get(seg_id)
+        if mm is None:
+            row = self._conn.execute(
+                "SELECT file, frames, bins, crc32 FROM feature_segments WHERE id = ?", (seg_id,)
+            ).fetchone()
+            if row is None:
+                raise CatalogCorruptError(
+                    f"catalog {self.path} refers to unknown feature segment {seg_id}")
+            f, frames, bins, crc = row
+            path = self.path / FEATURE_DIR / f
+            mm = map_feature_segment(path, verify=verify)
+            if mm.shape != (frames, bins) or read_feature_header(path)[2] != crc:
+                raise CatalogCorruptError(
+                    f"feature segment {path} does not match the catalog's record of it "
+                    f"({mm.shape} vs {(frames, bins)})"
+                )
+            self._feature_maps[seg_id] = mm
+        return mm
+
+    def features(self, *, verify: bool = True) -> FeatureStore:
+        """The stored feature sequences of the live references (empty for a catalog that
+        has none, including one written before features were stored)."""
+        if not self._has_feature_tables():
+            return FeatureStore.empty()
+        rows = self._conn.execute(
+            "SELECT f.ref_key, f.segment_id, f.frame_start, f.frames, f.scale "
+            "FROM ref_features f JOIN refs r ON r.key = f.ref_key WHERE r.tombstone = 0"
+        ).fetchall()
+        if not rows:
+            return FeatureStore.empty()
+        arr = np.array([r[:4] for r in rows], dtype=np.int64)
+        size = int(arr[:, 0].max()) + 1
+        seg = np.full(size, -1, np.int64)
+        start = np.zeros(size, np.int64)
+        frames = np.zeros(size, np.int64)
+        scale = np.zeros(size, np.float32)
+        k = arr[:, 0]
+        seg[k], start[k], frames[k] = arr[:, 1], arr[:, 2], arr[:, 3]
+        scale[k] = [r[4] for r in rows]
+        maps = {int(i): self.feature_segment(int(i), verify=verify) for i in np.unique(arr[:, 1])}
+        for i, m in maps.items():
+            sel = arr[:, 1] == i
+            if int((arr[sel, 2] + arr[sel, 3]).max()) > m.shape[0]:
+                raise CatalogCorruptError(
+                    f"catalog {self.path}: references point past the end of feature segment {i}")
+        bins = self._meta("feature_bins")
+        return FeatureStore(seg, start, frames, scale, maps, self.feature_fps,
+                            None if bins is None else int(float(bins)))
+
+    def ref_features(self, ref_id: str) -> np.ndarray:
+        """uint8 frames [T, bins] of a live reference by id; KeyError if none are stored."""
+        return self.features(verify=False).get(self.get(ref_id).key)
+
     def ref_vectors(self, key: int, layout: RefLayout | None = None) -> np.ndarray:
         """float16 [n_chunks, D] embeddings of one live reference."""
         lay = layout or self.layout()
@@ -783,7 +1183,16 @@ class Catalog:
         self._segments.clear()
         segs = self.segments(verify=True)
         self.layout()
-        return {"segments": len(segs), "rows": int(sum(m.shape[0] for m in segs.values()))}
+        self._feature_maps.clear()
+        nfeat = 0
+        if self._has_feature_tables():
+            ids = [int(r[0]) for r in self._conn.execute("SELECT id FROM feature_segments")]
+            for i in ids:
+                self.feature_segment(i, verify=True)
+            nfeat = len(ids)
+            self.features(verify=False)
+        return {"segments": len(segs), "rows": int(sum(m.shape[0] for m in segs.values())),
+                "feature_segments": nfeat}
 
 
 def _stored_crc(path: Path) -> int:

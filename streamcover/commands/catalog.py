@@ -9,6 +9,7 @@ Examples::
     streamcover catalog remove ISRC-123
     streamcover catalog compact                      # drop removed rows, rebuild the index
     streamcover catalog reembed --model models/new.pt
+    streamcover catalog reembed                      # same model: new reference hop or features
 
 ``add`` is resumable: re-running it after an interruption skips every reference
 already stored (by id, and by content hash for files added without an id), so no
@@ -79,8 +80,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     vf = cs.add_parser("verify", help="check every file's length and checksum")
     vf.set_defaults(handler=_verify)
 
-    re_ = cs.add_parser("reembed", help="rebuild the catalog for another encoder model")
-    re_.add_argument("--model", type=Path, required=True, help="the new encoder checkpoint")
+    re_ = cs.add_parser("reembed", help="rebuild the catalog for another encoder model, "
+                        "reference hop or feature store")
+    re_.add_argument("--model", type=Path, default=None,
+                     help="encoder checkpoint (default: settings.encoder.model_path)")
+    re_.add_argument("--force", action="store_true",
+                     help="rebuild even when model, reference hop and stored features are current")
     re_.add_argument("--skip-missing", action="store_true",
                      help="drop references whose source audio is gone instead of failing")
     re_.add_argument("--batch", type=int, default=32)
@@ -146,9 +151,12 @@ def iter_paths(paths: list[Path]) -> Iterator[Path]:
 
 def read_manifest(path: Path) -> list[Item]:
     """CSV (header row) or JSONL; ``path`` is required, relative paths resolve to the manifest."""
+    from streamcover.catalog.store import check_extra
     from streamcover.cli import CliError
+    from streamcover.config import get_settings
     from streamcover.manifests import ManifestError, read_manifest_rows
 
+    max_extra = get_settings().catalog.max_extra_bytes
     try:
         rows = read_manifest_rows(path)
     except ManifestError as exc:
@@ -161,6 +169,11 @@ def read_manifest(path: Path) -> list[Item]:
         if not p.is_absolute():
             p = path.parent / p
         extra = {k: v for k, v in row.items() if k not in _KNOWN_FIELDS and v not in (None, "")}
+        name = f"reference {row['id']!r}" if row.get("id") not in (None, "") else str(p)
+        try:
+            check_extra(extra, f"manifest {path}:{n}: {name}", max_extra)
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
         items.append(Item(
             path=p, id=str(row["id"]) if row.get("id") not in (None, "") else None,
             title=row.get("title") or None, artist=row.get("artist") or None,
@@ -199,15 +212,20 @@ def add_items(cat: Catalog, encoder: Encoder, items: list[Item], *, batch: int =
               progress: bool = True) -> AddSummary:
     """Embed and store ``items`` in durable batches, skipping what is already stored."""
     from streamcover.audio.decode import AudioDecodeError
-    from streamcover.catalog.store import ModelMismatchError, ReferenceInput
+    from streamcover.catalog.store import ModelMismatchError, ReferenceInput, check_extra
+    from streamcover.config import get_settings
 
     cat.check_model(encoder.model_id, f"encoder {encoder.model_id!r}")
+    cs = get_settings().catalog
+    hop = cs.reference_hop_seconds
     summary = AddSummary()
     pending: list[ReferenceInput] = []
 
     def flush() -> None:
         if pending:
-            res = cat.add_references(pending, encoder.model_id)
+            res = cat.add_references(pending, encoder.model_id, reference_hop_s=hop,
+                                     feature_fps=encoder.frontend.frames_per_second,
+                                     max_extra_bytes=cs.max_extra_bytes)
             summary.added += len(res.added)
             summary.skipped += len(res.skipped)
             pending.clear()
@@ -226,7 +244,9 @@ def add_items(cat: Catalog, encoder: Encoder, items: list[Item], *, batch: int =
                 if same is not None or ref_id in {p.id for p in pending}:
                     summary.skipped += 1
                     continue
-                emb = encoder.embed(item.path)
+                check_extra(item.extra, f"{ref_id} ({item.path})", cs.max_extra_bytes)
+                # One decode and front-end pass gives the embeddings and the stored features.
+                emb = encoder.embed(item.path, hop_seconds=hop)
                 if len(emb) == 0:
                     raise ValueError(
                         f"{item.path}: shorter than the minimum clip length, nothing to embed"
@@ -236,6 +256,7 @@ def add_items(cat: Catalog, encoder: Encoder, items: list[Item], *, batch: int =
                     title=item.title or item.path.stem, artist=item.artist,
                     rights_holder=item.rights_holder, duration=float(emb.duration_s),
                     extra=item.extra, content_hash=digest, source_path=str(item.path.resolve()),
+                    features=emb.features,
                 ))
             except (AudioDecodeError, OSError, ValueError) as exc:
                 summary.failed.append((str(item.path), str(exc)))
@@ -248,6 +269,30 @@ def add_items(cat: Catalog, encoder: Encoder, items: list[Item], *, batch: int =
                 flush()
         flush()
     return summary
+
+
+def rebuild_reasons(stats: dict[str, Any], model_id: str | None = None) -> list[str]:
+    """Why ``catalog reembed`` would rebuild a catalog with these ``Catalog.stats()``: another
+    model, another reference hop than ``catalog.reference_hop_seconds``, or references
+    without stored features. Empty when it is current."""
+    from streamcover.config import get_settings
+
+    want = get_settings().catalog.reference_hop_seconds
+    reasons = []
+    if model_id is not None and stats["model_id"] not in (None, model_id):
+        reasons.append(f"built with model {stats['model_id']}, not {model_id}")
+    if stats["references"]:
+        hop = stats["reference_hop_seconds"]
+        if hop is None:
+            reasons.append("reference hop unrecorded (built before catalog.reference_hop_seconds, "
+                           f"on the 10 s query grid); settings ask for {want:g} s")
+        elif abs(hop - want) > 1e-9:
+            reasons.append(f"references at a {hop:g} s hop; settings ask for {want:g} s")
+        missing = stats["references"] - stats["feature_references"]
+        if missing:
+            reasons.append(f"{missing} of {stats['references']} reference(s) have no stored "
+                           "features (stage-3 alignment needs them)")
+    return reasons
 
 
 # ----------------------------------------------------------------------------- handlers
@@ -362,6 +407,7 @@ def _stats(args: argparse.Namespace) -> int:
             "index_bytes_per_chunk": round(size / max(1, m.n_vectors), 1),
             "behind_by_versions": stats["version"] - m.store_version,
         }
+    stats["needs_reembed"] = rebuild_reasons(stats)
     if args.json:
         print(json.dumps(stats))
     else:
@@ -369,6 +415,9 @@ def _stats(args: argparse.Namespace) -> int:
             if isinstance(v, dict):
                 for k2, v2 in v.items():
                     print(f"{k}.{k2}: {v2}")
+            elif k == "needs_reembed":
+                print("needs_reembed: " + ("no" if not v else "yes, `streamcover catalog "
+                                           "reembed` rebuilds it: " + "; ".join(v)))
             else:
                 print(f"{k}: {v}")
     return 0
@@ -426,13 +475,17 @@ def _reembed(args: argparse.Namespace) -> int:
     catalog, then swap directories. Resumable: the sibling keeps what it has."""
     from streamcover.catalog.store import Catalog, CatalogError
     from streamcover.cli import CliError
+    from streamcover.config import get_settings
 
     path = catalog_path(args)
     encoder = load_encoder(args.model)
+    hop = get_settings().catalog.reference_hop_seconds
     try:
         with Catalog.open(path, "r") as old:
-            if old.model_id == encoder.model_id:
-                print(f"catalog {path} is already built with {encoder.model_id}")
+            reasons = rebuild_reasons(old.stats(), encoder.model_id)
+            if not reasons and not args.force:
+                print(f"catalog {path} is current: model {encoder.model_id}, reference hop "
+                      f"{hop:g} s, features stored (--force rebuilds anyway)")
                 return 0
             refs = list(old.references())
     except CatalogError as exc:
@@ -448,7 +501,8 @@ def _reembed(args: argparse.Namespace) -> int:
     if missing and not args.skip_missing:
         raise CliError(f"{len(missing)} reference(s) have no source audio on disk "
                        f"(e.g. {missing[0]}); pass --skip-missing to drop them")
-    digest = hashlib.sha256(encoder.model_id.encode()).hexdigest()[:12]
+    # The sibling's name keys what it is built for, so a resumed run continues only its own.
+    digest = hashlib.sha256(f"{encoder.model_id}|hop={hop!r}".encode()).hexdigest()[:12]
     new_path = path.with_name(f"{path.name}.reembed-{digest}")
     try:
         with Catalog.open(new_path, "a", model_id=encoder.model_id) as new:
@@ -460,9 +514,15 @@ def _reembed(args: argparse.Namespace) -> int:
         raise CliError(f"{len(summary.failed)} reference(s) failed to embed; fix and re-run "
                        f"(progress is kept in {new_path})")
     _build_index(new_path, full=True)
-    backup = path.with_name(f"{path.name}.old-{time.strftime('%Y%m%dT%H%M%S')}")
+    stamp = time.strftime('%Y%m%dT%H%M%S')
+    backup = path.with_name(f"{path.name}.old-{stamp}")
+    n = 1
+    while backup.exists():  # a second rebuild within the same second
+        backup = path.with_name(f"{path.name}.old-{stamp}-{n}")
+        n += 1
     os.rename(path, backup)
     os.rename(new_path, path)
-    print(f"re-embedded {summary.added + summary.skipped} reference(s) with {encoder.model_id}; "
+    print(f"re-embedded {summary.added + summary.skipped} reference(s) with {encoder.model_id} "
+          f"at a {hop:g} s reference hop ({'; '.join(reasons) or 'forced'}); "
           f"old catalog kept at {backup}" + (f"; dropped {len(missing)}" if missing else ""))
     return 0

@@ -40,12 +40,15 @@ ChunkInput = np.ndarray | Sequence[np.ndarray]
 class Embedding:
     """Chunk vectors [N, D] float32, L2-normalised, and chunk start times [N] in seconds.
 
-    N is 0 for audio shorter than ``settings.audio.min_clip_seconds``.
+    N is 0 for audio shorter than ``settings.audio.min_clip_seconds``. ``features`` is the
+    front end's whole sequence [bins, T] the chunks were cut from (``embed`` and
+    ``embed_features`` fill it), so a catalog can store it without decoding again.
     """
 
     vectors: np.ndarray
     starts: np.ndarray
     duration_s: float = 0.0
+    features: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -142,10 +145,15 @@ class Encoder:
     # -- embedding ---------------------------------------------------------------------
 
     def embed(
-        self, wave_or_path: np.ndarray | str | os.PathLike[str], sample_rate: int | None = None
+        self,
+        wave_or_path: np.ndarray | str | os.PathLike[str],
+        sample_rate: int | None = None,
+        *,
+        hop_seconds: float | None = None,
     ) -> Embedding:
         """Embed a whole recording: a file path (any format the decoder reads) or a mono
-        waveform at ``sample_rate`` (default: the front-end's rate)."""
+        waveform at ``sample_rate`` (default: the front-end's rate). ``hop_seconds``: the
+        chunk hop (default ``audio.hop_seconds``; references use ``catalog.reference_hop_seconds``)."""
         fe = self.frontend
         if isinstance(wave_or_path, str | os.PathLike):
             from streamcover.audio.decode import load_audio
@@ -159,19 +167,21 @@ class Encoder:
                 import torchaudio.functional as AF
 
                 wave = AF.resample(torch.from_numpy(wave), sample_rate, fe.sample_rate).numpy()
-        emb = self.embed_features(fe.features(wave))
-        return Embedding(emb.vectors, emb.starts, duration_s=len(wave) / fe.sample_rate)
+        emb = self.embed_features(fe.features(wave), hop_seconds=hop_seconds)
+        return Embedding(emb.vectors, emb.starts, duration_s=len(wave) / fe.sample_rate,
+                         features=emb.features)
 
-    def embed_features(self, feat: np.ndarray) -> Embedding:
-        """Chunk a feature matrix [bins, T] with the settings' window/hop/min and embed it."""
+    def embed_features(self, feat: np.ndarray, *, hop_seconds: float | None = None) -> Embedding:
+        """Chunk a feature matrix [bins, T] with the settings' window and minimum, at
+        ``hop_seconds`` (default ``audio.hop_seconds``), and embed it."""
         from streamcover.audio.chunking import chunk_features
 
         a = self.settings.audio
+        hop = a.hop_seconds if hop_seconds is None else hop_seconds
         fps = self.frontend.frames_per_second
-        chunks, starts = chunk_features(
-            feat, fps, a.window_seconds, a.hop_seconds, a.min_clip_seconds
-        )
-        return Embedding(self.embed_chunks(chunks), starts, duration_s=feat.shape[1] / fps)
+        chunks, starts = chunk_features(feat, fps, a.window_seconds, hop, a.min_clip_seconds)
+        return Embedding(self.embed_chunks(chunks), starts, duration_s=feat.shape[1] / fps,
+                         features=feat)
 
     def embed_chunks(self, chunks: ChunkInput) -> np.ndarray:
         """Unit vectors [N, D] for chunks [N, bins, T], or a list of [bins, T_i] of any lengths.

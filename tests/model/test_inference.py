@@ -16,7 +16,7 @@ TINY = {"layers": (1, 1, 1, 1), "widths": (4, 8, 8, 16), "stem_channels": 8}
 
 
 def _settings(**encoder: object) -> Settings:
-    return Settings(_env_file=None, encoder={"threads": 1, **encoder})  # type: ignore[call-arg]
+    return Settings(_env_file=None, encoder={"threads": 1, **encoder})
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +128,38 @@ def test_embed_audio_file_end_to_end(tmp_path: Path, hpcp_encoder: Encoder) -> N
     np.testing.assert_allclose(from_file.vectors, from_wave.vectors, atol=1e-4)
     # Too short to embed (< min_clip_seconds): no chunks, not an error.
     assert len(hpcp_encoder.embed(wave[: 3 * sr])) == 0
+
+
+def test_embed_features_honours_the_hop_and_returns_the_features(hpcp_encoder: Encoder) -> None:
+    from streamcover.audio.chunking import ChunkGeometry
+
+    fps = hpcp_encoder.frontend.frames_per_second
+    feat = np.random.default_rng(5).random((12, 260), dtype=np.float32)  # ~121 s
+    default = hpcp_encoder.embed_features(feat)
+    assert default.features is feat
+    a = hpcp_encoder.settings.audio
+    for hop in (5.0, 2.5):
+        emb = hpcp_encoder.embed_features(feat, hop_seconds=hop)
+        geo = ChunkGeometry.make(fps, a.window_seconds, hop, a.min_clip_seconds)
+        full, tail = geo.starts(feat.shape[1])
+        frames = np.round(emb.starts * fps).astype(int)
+        assert list(frames) == full + ([tail] if tail is not None else [])
+        assert len(emb) > len(default)
+        # A window both grids share is the same window, so the same vector.
+        dframes = np.round(default.starts * fps).astype(int)
+        shared = np.intersect1d(frames, dframes)
+        assert shared.size >= 2
+        np.testing.assert_allclose(emb.vectors[np.searchsorted(frames, shared)],
+                                   default.vectors[np.searchsorted(dframes, shared)], atol=1e-5)
+    assert np.diff(default.starts[:2])[0] == pytest.approx(round(a.hop_seconds * fps) / fps)
+
+
+def test_embed_file_returns_the_front_end_features(tmp_path: Path, hpcp_encoder: Encoder) -> None:
+    sf = pytest.importorskip("soundfile")
+    sr = hpcp_encoder.frontend.sample_rate
+    wave = _music(30.0, sr)
+    sf.write(tmp_path / "c.wav", wave, sr, subtype="FLOAT")
+    emb = hpcp_encoder.embed(tmp_path / "c.wav", hop_seconds=5.0)
+    assert emb.features is not None and emb.features.shape[0] == 12
+    np.testing.assert_allclose(emb.features, hpcp_encoder.frontend.features(wave), atol=1e-5)
+    assert np.diff(emb.starts[:2])[0] < 6.0
