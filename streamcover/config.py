@@ -76,6 +76,19 @@ class AudioSettings(BaseModel):
     # this, captured blocks are dropped and the stream says so with a gap in seq and
     # start_sample, so memory stays bounded and the monitor inserts silence or restarts.
     capture_buffer_seconds: float = Field(30.0, gt=0)
+    # Limits on untrusted files (`send`, `catalog add`, `identify`: streamcover.audio.decode).
+    # Each exceeded limit is an AudioLimitError naming the setting. Decoded (and declared)
+    # duration, file size, and seconds spent inside the decoder (not waiting on its caller).
+    max_file_seconds: float = Field(3 * 3600.0, gt=0)
+    max_file_bytes: int = Field(2 * 1024**3, ge=1024)
+    max_decode_seconds: float = Field(600.0, gt=0)
+    # FFmpeg demuxers a file may be read with, whatever its extension says (FFmpeg refuses
+    # any other before opening it). Playlists (hls, concat, dash), image sequences and
+    # devices are never on it: they open further files or URLs.
+    allowed_containers: tuple[str, ...] = (
+        "wav", "w64", "flac", "mp3", "ogg", "mov", "matroska", "aac", "aiff", "caf", "au",
+        "wv", "ape", "tta", "asf", "avi", "flv", "mpegts", "ac3", "eac3", "amr",
+    )
 
     @model_validator(mode="after")
     def _hop_fits(self) -> AudioSettings:
@@ -172,13 +185,6 @@ class CatalogSettings(BaseModel):
     # what sets p99 on a small shared machine (streamcover.device.configure_search_threads).
     search_threads: int = Field(1, ge=0)
     snapshot_poll_seconds: float = Field(5.0, gt=0)
-    # Hop between reference chunks (`catalog add` / `reembed`); query windows keep
-    # audio.hop_seconds. A denser reference grid bounds how far off it a query can start
-    # (half this hop); measured in docs/results/2026-12-03-reference-grid.md.
-    reference_hop_seconds: float = Field(5.0, gt=0, le=60)
-    # Cap on a reference's `extra` metadata (JSON bytes), checked at catalog time: it is
-    # copied into every match event, which must fit the broker's max.message.bytes.
-    max_extra_bytes: int = Field(4096, ge=0, le=262_144)
 
 
 class MatchSettings(BaseModel):
@@ -207,6 +213,9 @@ class MatchSettings(BaseModel):
     change_patience_chunks: int = Field(2, ge=1)
     # ... or at once when another reference beats it on the newest chunk by this margin.
     change_margin: float = Field(0.05, ge=0)
+    # Live: closed set-list segments a stream keeps (the newest; older ones were published
+    # as setlist_segment events). A `setlist` event counts the rest in `setlist_omitted`.
+    setlist_max_entries: int = Field(500, ge=1)
 
     @model_validator(mode="after")
     def _hysteresis(self) -> MatchSettings:
