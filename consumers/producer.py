@@ -3,6 +3,10 @@
 A stream is a sequence of :class:`streamcover.events.AudioFrame` keyed by the stream id,
 numbered from 0 (``seq``) with exact sample positions, ending with an ``eos`` frame. The
 Kafka producer is idempotent (acks=all), so its own retries never duplicate a frame.
+
+A file that breaks off part-way (truncated, damaged, over a decode limit) still ends its
+stream: the eos frame then carries ``aborted`` with the reason, so the monitor closes the
+stream at once instead of waiting for it to go idle, and ``send`` reports the error.
 """
 
 from __future__ import annotations
@@ -46,7 +50,12 @@ class FramePublisher:
         self.sent_frames = 0
         self.skipped_samples = 0
 
-    async def _send(self, samples: np.ndarray, eos: bool) -> None:
+    @property
+    def started(self) -> bool:
+        """Whether any audio of this stream was sent or is waiting to be."""
+        return self.seq > 0 or self._pending.size > 0
+
+    async def _send(self, samples: np.ndarray, eos: bool, aborted: str | None = None) -> None:
         if self.realtime:
             if self._t0 is None:
                 self._t0 = time.monotonic()
@@ -58,7 +67,7 @@ class FramePublisher:
         frame = AudioFrame.from_samples(
             samples, stream_id=self.stream_id, seq=self.seq, start_sample=self.position,
             sample_rate=self.sample_rate, source=self.source, eos=eos,
-            title=self.title if self.seq == 0 else None,
+            title=self.title if self.seq == 0 else None, aborted=aborted,
         )
         await self.producer.send(self.settings.kafka.audio_topic, key=self.stream_id.encode(),
                                  value=encode(frame))
@@ -88,9 +97,10 @@ class FramePublisher:
         self.seq += -(-lost // self.frame_samples)
         self.skipped_samples += lost
 
-    async def close(self) -> None:
-        """Send what is left as the end-of-stream frame and wait for delivery."""
-        await self._send(self._pending, eos=True)
+    async def close(self, aborted: str | None = None) -> None:
+        """Send what is left as the end-of-stream frame and wait for delivery; ``aborted``
+        (why) marks a stream that ended early."""
+        await self._send(self._pending, eos=True, aborted=aborted[:512] if aborted else None)
         self._pending = np.zeros(0, dtype=np.float32)
         await self.producer.flush()
 
@@ -116,12 +126,28 @@ def default_stream_id(path: Path | None = None) -> str:
 async def send_waveforms(settings: Settings, stream_id: str, blocks: Iterable[np.ndarray],
                          sample_rate: int, source: SourceKind = "upload", *, realtime: bool = False,
                          title: str | None = None, producer: Any = None) -> int:
-    """Publish one stream from blocks of mono samples; returns frames sent (incl. eos)."""
+    """Publish one stream from blocks of mono samples; returns frames sent (incl. eos).
+
+    If ``blocks`` fails part-way (a decode error) after audio went out, the stream is ended
+    with an aborted eos frame naming the error, and the error is raised again.
+    """
     async with contextlib.AsyncExitStack() as stack:
         if producer is None:
             producer = await stack.enter_async_context(kafka_producer(settings))
         pub = FramePublisher(producer, settings, stream_id, source, sample_rate, title, realtime)
-        for block in blocks:
+        it = iter(blocks)
+        while True:
+            try:
+                block = next(it)
+            except StopIteration:
+                break
+            except Exception as exc:
+                if pub.started:
+                    reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+                    await pub.close(aborted=f"{type(exc).__name__}: {reason}")
+                    log.warning("stream_aborted", stream=stream_id, frames=pub.sent_frames,
+                                error=str(exc)[:300])
+                raise
             await pub.push(block)
         await pub.close()
         return pub.sent_frames

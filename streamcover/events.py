@@ -4,7 +4,12 @@ Every record is a msgpack map with a ``v`` (schema version) and a ``type`` field
 Both producers and consumers validate through the models below, so a record
 that decodes here is safe to use, and one that does not raises :class:`WireError`
 with a machine-readable ``reason`` suitable for a dead-letter record.
-See ``docs/wire-format.md``.
+
+Optional fields added after a schema version shipped are listed in a model's
+``_omit_default``: :func:`encode` leaves them out while they hold their default, so
+records that do not use them stay readable by readers that predate them.
+Match events are bounded by the broker's record size (:func:`encode` ``max_bytes``,
+:func:`fit_event`). See ``docs/wire-format.md``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgpack
 import numpy as np
@@ -36,8 +41,19 @@ class WireError(ValueError):
         self.detail = detail
 
 
+class RecordTooLarge(WireError):
+    """A record that cannot be made to fit the broker's record size limit."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("too_large", detail)
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    # Optional fields newer than the schema version: omitted from the encoding while they
+    # hold their default, so readers that predate them still accept such records.
+    _omit_default: ClassVar[frozenset[str]] = frozenset()
 
     v: Literal[1] = SCHEMA_VERSION
 
@@ -62,9 +78,16 @@ class AudioFrame(_Record):
     eos: bool = False
     payload: bytes = b""
     title: str | None = Field(default=None, max_length=1024)
+    # Set on an eos frame when the producer ended the stream early (a truncated or damaged
+    # file, a decode limit): why. The stream is over either way; its audio is incomplete.
+    aborted: str | None = Field(default=None, min_length=1, max_length=512)
+
+    _omit_default: ClassVar[frozenset[str]] = frozenset({"aborted"})
 
     @model_validator(mode="after")
     def _payload_shape(self) -> AudioFrame:
+        if self.aborted is not None and not self.eos:
+            raise ValueError("aborted is only valid on an end-of-stream frame")
         width = _DTYPES[self.sample_format].itemsize * self.channels
         if len(self.payload) % width:
             raise ValueError(
@@ -106,6 +129,7 @@ class AudioFrame(_Record):
         eos: bool = False,
         title: str | None = None,
         sent_at: float | None = None,
+        aborted: str | None = None,
     ) -> AudioFrame:
         """Pack float samples shaped (n,) or (n, channels) into a frame."""
         arr = np.asarray(samples, dtype=np.float32)
@@ -129,6 +153,7 @@ class AudioFrame(_Record):
             eos=eos,
             payload=payload,
             title=title,
+            aborted=aborted,
         )
 
 
@@ -184,6 +209,13 @@ class MatchEvent(_Record):
     latency_ms: float = Field(ge=0)
     emitted_at: float
     setlist: list[SetListEntry] = Field(default_factory=list)
+    # Earlier set-list entries of the stream that ``setlist`` leaves out (it holds the
+    # newest); each was published as its own ``setlist_segment`` event.
+    setlist_omitted: int = Field(default=0, ge=0)
+    # ``reference`` metadata was cut to fit the broker's record size (see fit_event).
+    reference_truncated: bool = False
+
+    _omit_default: ClassVar[frozenset[str]] = frozenset({"setlist_omitted", "reference_truncated"})
 
     @model_validator(mode="after")
     def _finite(self) -> MatchEvent:
@@ -313,9 +345,77 @@ _TYPES: dict[str, type[_Record]] = {
 }
 
 
-def encode(record: _Record) -> bytes:
-    """Serialise a validated record to msgpack."""
-    return msgpack.packb(record.model_dump(mode="python"), use_bin_type=True)
+# What Kafka counts in a record besides its key and value: the record batch header
+# (61 bytes) and the record's own framing (at most 21), with room for a few headers.
+RECORD_OVERHEAD_BYTES = 128
+# Metadata fields a match event keeps when its reference metadata must be cut to fit.
+_KEPT_REFERENCE_FIELDS = ("title", "artist")
+_KEPT_FIELD_CHARS = 256
+
+
+def value_budget(max_message_bytes: int, key: bytes | None = None) -> int:
+    """The largest value that fits in a record of ``max_message_bytes`` with this key."""
+    return max_message_bytes - RECORD_OVERHEAD_BYTES - (len(key) if key else 0)
+
+
+def _pack(record: _Record) -> bytes:
+    omit = {f for f in record._omit_default
+            if getattr(record, f) == type(record).model_fields[f].get_default(call_default_factory=True)}
+    data: bytes = msgpack.packb(record.model_dump(mode="python", exclude=omit or None),
+                                use_bin_type=True)
+    return data
+
+
+def encode(record: _Record, *, max_bytes: int | None = None) -> bytes:
+    """Serialise a validated record to msgpack.
+
+    With ``max_bytes`` (use :func:`value_budget` of ``kafka.max_message_bytes``), a match
+    event too large for it is shrunk by :func:`fit_event`; any other record too large
+    raises :class:`RecordTooLarge`.
+    """
+    data = _pack(record)
+    if max_bytes is None or len(data) <= max_bytes:
+        return data
+    if isinstance(record, MatchEvent):
+        return _pack(fit_event(record, max_bytes))
+    raise RecordTooLarge(f"{type(record).__name__} of {len(data)} bytes exceeds {max_bytes}")
+
+
+def fit_event(event: MatchEvent, max_bytes: int) -> MatchEvent:
+    """The event itself if it encodes within ``max_bytes``, else a smaller one that does.
+
+    In order: the set list keeps its newest entries (``setlist_omitted`` counts the rest);
+    then ``reference`` keeps only title and artist, cut to 256 characters, and then
+    nothing (``reference_truncated``). Raises :class:`RecordTooLarge` if even that fails.
+    """
+    def size(ev: MatchEvent) -> int:
+        return len(_pack(ev))
+
+    if size(event) <= max_bytes:
+        return event
+    n = len(event.setlist)
+    if n:
+        def keep(k: int) -> MatchEvent:
+            return event.model_copy(update={"setlist": event.setlist[n - k:] if k else [],
+                                            "setlist_omitted": event.setlist_omitted + n - k})
+        lo, hi = 0, n - 1  # the largest k that fits, by bisection (k = 0 is tried last)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if size(keep(mid)) <= max_bytes:
+                lo = mid
+            else:
+                hi = mid - 1
+        event = keep(lo)
+        if size(event) <= max_bytes:
+            return event
+    short = {k: event.reference[k][:_KEPT_FIELD_CHARS]
+             for k in _KEPT_REFERENCE_FIELDS if k in event.reference}
+    for reference in (short, {}):
+        event = event.model_copy(update={"reference": reference, "reference_truncated": True})
+        if size(event) <= max_bytes:
+            return event
+    raise RecordTooLarge(f"match event {event.event_id} does not fit {max_bytes} bytes even "
+                         f"without its set list and reference metadata ({size(event)} bytes)")
 
 
 def decode_any(data: bytes) -> _Record:

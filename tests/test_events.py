@@ -185,3 +185,76 @@ def test_frame_round_trip_property(samples: list[float], seq: int, fmt: str, eos
     assert back == frame
     tol = 1.0 / 32768 + 1e-6 if fmt == "int16" else 0.0
     assert np.max(np.abs(back.samples() - arr)) <= tol
+
+
+# ---- additions to schema version 1: aborted streams, bounded match events ------------------
+
+
+def test_aborted_end_of_stream_round_trip() -> None:
+    eos = AudioFrame.from_samples(np.zeros(0, np.float32), stream_id="s1", seq=7, start_sample=700,
+                                  sample_rate=22050, source="upload", eos=True,
+                                  aborted="TruncatedAudioError: truncated after 3.00 s")
+    back = events.decode(events.encode(eos), AudioFrame)
+    assert back == eos and back.eos and back.aborted is not None and "truncated" in back.aborted
+    with pytest.raises(ValueError, match="end-of-stream"):
+        _frame(aborted="why")
+
+
+def test_new_optional_fields_are_left_out_at_their_defaults() -> None:
+    """Records that do not use a newer optional field encode as before, so readers that
+    predate the field (they refuse unknown fields) still accept them."""
+    frame = msgpack.unpackb(events.encode(_frame(eos=True)))
+    event = msgpack.unpackb(events.encode(_event()))
+    assert "aborted" not in frame
+    assert "setlist_omitted" not in event and "reference_truncated" not in event
+    marked = msgpack.unpackb(events.encode(_event(setlist_omitted=3)))
+    assert marked["setlist_omitted"] == 3
+
+
+def _setlist_event(n: int, title_chars: int = 40) -> MatchEvent:
+    entries = [events.SetListEntry(reference_id=f"ref-{i}", title=f"{i:05d}" + "t" * title_chars,
+                                   artist="a", stream_span=Span(start=i * 200.0, end=i * 200.0 + 180),
+                                   score=0.8) for i in range(n)]
+    return _event(kind="setlist", reference_id=None, setlist=entries)
+
+
+def test_encode_fits_a_long_set_list_into_the_record_budget() -> None:
+    ev = _setlist_event(5000)
+    full = events.encode(ev)
+    budget = events.value_budget(65_536, key=b"s1")
+    assert len(full) > budget
+    data = events.encode(ev, max_bytes=budget)
+    assert len(data) <= budget
+    back = events.decode(data, MatchEvent)
+    kept = len(back.setlist)
+    assert 0 < kept < 5000 and back.setlist_omitted == 5000 - kept
+    # The newest entries are the ones kept, in order; the bisection leaves little room unused.
+    assert [e.reference_id for e in back.setlist] == [f"ref-{i}" for i in range(5000 - kept, 5000)]
+    one_more = _setlist_event(5000).model_copy(
+        update={"setlist": ev.setlist[5000 - kept - 1:], "setlist_omitted": 5000 - kept - 1})
+    assert len(events.encode(one_more)) > budget
+    # An event that fits is encoded unchanged.
+    assert events.encode(_event(), max_bytes=budget) == events.encode(_event())
+
+
+def test_encode_cuts_oversized_reference_metadata_with_a_marker() -> None:
+    ev = _event(reference={"title": "T" * 5000, "artist": "A", "notes": "x" * 200_000})
+    data = events.encode(ev, max_bytes=10_000)
+    assert len(data) <= 10_000
+    back = events.decode(data, MatchEvent)
+    assert back.reference_truncated and back.reference == {"title": "T" * 256, "artist": "A"}
+    assert back.reference_id == ev.reference_id and back.score == ev.score
+
+
+def test_records_that_cannot_shrink_are_refused_by_name() -> None:
+    frame = _frame()
+    with pytest.raises(events.RecordTooLarge) as info:
+        events.encode(frame, max_bytes=1000)
+    assert info.value.reason == "too_large" and "AudioFrame" in str(info.value)
+    with pytest.raises(events.RecordTooLarge):
+        events.encode(_event(model_id="m" * 5000), max_bytes=2000)
+
+
+def test_value_budget_leaves_room_for_key_and_framing() -> None:
+    assert events.value_budget(1_048_576) == 1_048_576 - events.RECORD_OVERHEAD_BYTES
+    assert events.value_budget(1_048_576, b"k" * 256) == 1_048_576 - events.RECORD_OVERHEAD_BYTES - 256

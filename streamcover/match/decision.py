@@ -24,6 +24,10 @@ Live streams (``source="live"``): set-list segmentation.
     windows are classified by majority).
   * Closing emits ``setlist_segment`` (reference, start, end, score); ``setlist`` gives the
     whole list on demand and at end of stream.
+  * Memory is bounded for streams of any length: the matcher keeps the newest
+    ``setlist_max_entries`` closed segments and counts the older ones, which ``setlist``
+    reports as ``setlist_omitted`` (each was already emitted as a ``setlist_segment``).
+    Uploads keep at most ``_MAX_RELEASED`` released matches besides the open ones.
 
 Event ids are :func:`streamcover.events.event_id` over (stream, kind, reference, segment
 start in ms, window index), so a replay after a crash yields identical ids.
@@ -69,6 +73,8 @@ class Decision:
     reference_span: tuple[float, float] | None
     window_index: int
     setlist: tuple[SetListItem, ...] = ()
+    # Earlier set-list entries not in ``setlist`` (MatchEvent.setlist_omitted).
+    setlist_omitted: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,10 @@ def _ms(t: float) -> int:
     return round(t * 1000)
 
 
+# Released upload matches kept (oldest dropped first): one that re-opens starts afresh anyway.
+_MAX_RELEASED = 32
+
+
 class StreamMatcher:
     """The decision state of one stream (see module docstring). Pure: no I/O, no clock."""
 
@@ -134,6 +144,7 @@ class StreamMatcher:
         self.matches: dict[str, _Open] = {}  # uploads
         self.segment: _Open | None = None  # live
         self.closed: list[SetListItem] = []
+        self.closed_omitted = 0  # closed segments dropped from ``closed`` (the oldest)
         self.last_boundary = 0.0
         self.handover = -1
         self.last_best: tuple[str | None, float] = (None, 0.0)
@@ -232,9 +243,22 @@ class StreamMatcher:
                 q = q or (self.chunks[0].start, self.chunks[-1].end)
                 m = _Open(ref, metadata.get(ref, {}), q[0], index, index, score, score,
                           (r[1] - r[0]) if r else 0.0, r)
+                self.matches.pop(ref, None)
                 self.matches[ref] = m
+                self._drop_released()
                 out.append(self._decision("match", m, score, used, q, r, index))
         return out
+
+    def _drop_released(self) -> None:
+        released = [r for r, m in self.matches.items() if not m.open]  # oldest first
+        for ref in released[: max(0, len(released) - _MAX_RELEASED)]:
+            del self.matches[ref]
+
+    def _bound_closed(self) -> None:
+        excess = len(self.closed) - self.settings.setlist_max_entries
+        if excess > 0:
+            del self.closed[:excess]
+            self.closed_omitted += excess
 
     # ---- live --------------------------------------------------------------------------------
     def _sim(self, chunk: _Chunk, ref: str) -> float:
@@ -306,6 +330,7 @@ class StreamMatcher:
         self.last_boundary = end
         item = SetListItem(seg.reference_id, dict(seg.reference), seg.start, end, seg.score)
         self.closed.append(item)
+        self._bound_closed()
         chunks_used = seg.last_index - seg.first_index + 1
         return [self._decision("setlist_segment", seg, seg.score, chunks_used, (seg.start, end),
                                seg.ref_span, index)]
@@ -381,10 +406,11 @@ class StreamMatcher:
         end = stream_end if stream_end is not None else (self.chunks[-1].end if self.chunks else 0.0)
         return Decision(
             kind="setlist",
-            event_id=event_id(self.stream_id, "setlist", tag, len(items), window_index),
+            event_id=event_id(self.stream_id, "setlist", tag, self.closed_omitted + len(items),
+                              window_index),
             stream_id=self.stream_id, source=self.source, reference_id=None, reference={},
             score=0.0, chunks_used=0, stream_span=(0.0, max(end, 0.0)), reference_span=None,
-            window_index=window_index, setlist=tuple(items),
+            window_index=window_index, setlist=tuple(items), setlist_omitted=self.closed_omitted,
         )
 
     def _decision(
@@ -414,6 +440,7 @@ class StreamMatcher:
             "matches": {r: _open_state(m) for r, m in self.matches.items()},
             "segment": _open_state(self.segment) if self.segment else None,
             "closed": [asdict(i) for i in self.closed],
+            "closed_omitted": self.closed_omitted,
             "last_boundary": self.last_boundary,
             "handover": self.handover,
             "last_best": [self.last_best[0], self.last_best[1]],
@@ -438,6 +465,9 @@ class StreamMatcher:
         m.matches = {str(r): _open_from(o) for r, o in state["matches"].items()}
         m.segment = _open_from(state["segment"]) if state["segment"] else None
         m.closed = [SetListItem(**i) for i in state["closed"]]
+        m.closed_omitted = int(state.get("closed_omitted", 0))
+        m._bound_closed()
+        m._drop_released()
         m.last_boundary = float(state["last_boundary"])
         m.handover = int(state.get("handover", -1))
         m.last_best = (state["last_best"][0], float(state["last_best"][1]))

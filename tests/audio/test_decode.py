@@ -9,7 +9,17 @@ import av
 import numpy as np
 import pytest
 
-from streamcover.audio.decode import AudioDecodeError, iter_audio, load_audio, probe_duration
+from streamcover.audio.decode import (
+    AudioDecodeError,
+    AudioLimitError,
+    DecodeLimits,
+    TruncatedAudioError,
+    UnsafeInputError,
+    iter_audio,
+    load_audio,
+    probe_duration,
+)
+from streamcover.config import AudioSettings
 
 SR_IN = 44_100
 DUR = 3.0
@@ -222,3 +232,166 @@ def test_bad_rate(tmp_path: Path) -> None:
     write_media(path, "wav", "pcm_s16le")
     with pytest.raises(ValueError):
         load_audio(path, 0)
+
+
+# ---- untrusted input: limits, local files only, allowed containers, truncation -------------
+
+OPEN = DecodeLimits.from_settings(AudioSettings())
+
+
+def _limit_error(path: Path, limits: DecodeLimits, **kw: float) -> AudioLimitError:
+    with pytest.raises(AudioLimitError) as info:
+        load_audio(path, 22_050, limits=limits, **kw)
+    assert str(path) in str(info.value)
+    assert info.value.setting in str(info.value)
+    return info.value
+
+
+def test_defaults_come_from_settings() -> None:
+    audio = AudioSettings(max_file_seconds=60, max_file_bytes=4096, max_decode_seconds=2,
+                          allowed_containers=("wav",))
+    lim = DecodeLimits.from_settings(audio)
+    assert (lim.max_seconds, lim.max_bytes, lim.max_decode_seconds) == (60, 4096, 2)
+    assert lim.allowed_containers == ("wav",)
+    assert OPEN.max_seconds == 3 * 3600 and OPEN.max_bytes == 2 * 1024**3
+
+
+def test_file_size_limit(tmp_path: Path) -> None:
+    path = tmp_path / "t.flac"
+    write_media(path, "flac", "flac", seconds=2.0)
+    size = path.stat().st_size
+    err = _limit_error(path, DecodeLimits(max_bytes=size - 1))
+    assert err.setting == "audio.max_file_bytes" and err.value == size
+    assert len(load_audio(path, 22_050, limits=DecodeLimits(max_bytes=size))) > 0
+
+
+def test_declared_duration_limit_refuses_before_decoding(tmp_path: Path) -> None:
+    path = tmp_path / "t.flac"
+    write_media(path, "flac", "flac", seconds=5.0)
+    err = _limit_error(path, DecodeLimits(max_seconds=4.0))
+    assert err.setting == "audio.max_file_seconds" and err.limit == "declared duration"
+    assert err.value == pytest.approx(5.0, abs=0.01)
+    # A preview no longer than the limit may still read the start of a longer file.
+    x = load_audio(path, 22_050, max_seconds=3.0, limits=DecodeLimits(max_seconds=4.0))
+    assert len(x) == 3 * 22_050
+
+
+def test_decoded_duration_limit_without_a_declared_duration(tmp_path: Path) -> None:
+    # WebM with video: the audio track declares no duration of its own.
+    path = tmp_path / "clip.webm"
+    write_media(path, "webm", "libopus", 48_000, video="libvpx-vp9", seconds=3.0)
+    blocks: list[np.ndarray] = []
+    with pytest.raises(AudioLimitError) as info:
+        for b in iter_audio(path, 22_050, block_seconds=0.25, limits=DecodeLimits(max_seconds=1.0)):
+            blocks.append(b)
+    assert info.value.limit == "duration" and info.value.setting == "audio.max_file_seconds"
+    # Never more than the limit was handed out before the error.
+    assert sum(len(b) for b in blocks) <= 22_050
+
+
+def test_decode_time_budget(tmp_path: Path) -> None:
+    path = tmp_path / "t.flac"
+    write_media(path, "flac", "flac", seconds=3.0)
+    err = _limit_error(path, DecodeLimits(max_decode_seconds=1e-6))
+    assert err.setting == "audio.max_decode_seconds"
+
+
+def test_decode_time_excludes_the_callers_time(tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "t.flac"
+    write_media(path, "flac", "flac", seconds=3.0)
+    t0 = time.perf_counter()
+    n = 0
+    for _ in iter_audio(path, 22_050, block_seconds=0.5, limits=DecodeLimits(max_decode_seconds=1.0)):
+        time.sleep(0.2)  # a realtime sender waiting between blocks
+        n += 1
+    assert n == 6 and time.perf_counter() - t0 > 1.0
+
+
+def test_concat_script_named_mp3_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "secret.flac"
+    write_media(target, "flac", "flac")
+    # Plain FFmpeg opens this as a concat script and reads the file it names.
+    script = tmp_path / "song.mp3"
+    script.write_text(f"ffconcat version 1.0\nfile '{target.name}'\n")
+    with av.open(str(script)) as c:
+        assert c.format.name == "concat"
+    with pytest.raises(UnsafeInputError) as info:
+        load_audio(script, 22_050)
+    assert "audio.allowed_containers" in info.value.reason and str(script) in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["list.m3u8", "list.mp3"])
+def test_hls_playlist_is_refused(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n"
+                    "http://127.0.0.1:9/seg.ts\n#EXT-X-ENDLIST\n")
+    with pytest.raises(AudioDecodeError) as info:
+        load_audio(path, 22_050)
+    assert str(path) in str(info.value)
+
+
+def test_a_container_off_the_allow_list_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "t.flac"
+    write_media(path, "flac", "flac")
+    with pytest.raises(UnsafeInputError) as info:
+        load_audio(path, 22_050, limits=DecodeLimits(allowed_containers=("wav",)))
+    assert "not allowed" in info.value.reason
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/song.mp3", "rtmp://example.invalid/live",
+                                 "file:///nonexistent/x.wav"])
+def test_urls_are_refused(url: str) -> None:
+    with pytest.raises(UnsafeInputError) as info:
+        load_audio(url, 22_050)
+    assert "only local files" in info.value.reason
+
+
+def test_a_local_file_with_a_protocol_like_name_is_read_as_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_media(tmp_path / "x.wav", "wav", "pcm_s16le")
+    (tmp_path / "x.wav").rename(tmp_path / "http:x.wav")
+    assert abs(len(load_audio("http:x.wav", 22_050)) / 22_050 - DUR) < 0.01
+
+
+def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    with pytest.raises(UnsafeInputError) as info:
+        load_audio(fifo, 22_050)
+    assert "not a regular file" in info.value.reason
+
+
+def _cut(path: Path, fraction: float = 0.6) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+
+
+@pytest.mark.parametrize(("name", "fmt", "codec"), [("cut.flac", "flac", "flac"),
+                                                      ("cut.mka", "matroska", "flac")])
+def test_truncated_file_yields_its_audio_then_raises(
+    tmp_path: Path, name: str, fmt: str, codec: str
+) -> None:
+    path = tmp_path / name
+    write_media(path, fmt, codec, seconds=10.0)
+    _cut(path)
+    blocks: list[np.ndarray] = []
+    with pytest.raises(TruncatedAudioError) as info:
+        for b in iter_audio(path, 22_050, block_seconds=1.0):
+            blocks.append(b)
+    got = sum(len(b) for b in blocks) / 22_050
+    assert 3.0 < got < 8.0
+    assert info.value.decoded_seconds == pytest.approx(got, abs=1e-6)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_preview_is_not_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "cut.mka"
+    write_media(path, "matroska", "flac", seconds=10.0)
+    _cut(path)
+    assert len(load_audio(path, 22_050, max_seconds=2.0)) == 2 * 22_050

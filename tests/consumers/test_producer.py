@@ -1,12 +1,22 @@
-"""The live-capture buffer: bounded in samples, drops made visible, order kept."""
+"""Producers: the live-capture buffer (bounded in samples, drops made visible, order kept),
+and files that break off part-way, sent through a real broker (an aborted eos, not silence)."""
 
 from __future__ import annotations
 
 import asyncio
+import fractions
+from pathlib import Path
 
+import av
 import numpy as np
+import pytest
+from aiokafka import AIOKafkaConsumer
 
-from consumers.producer import CaptureBuffer
+from consumers.kafka import consumer_kwargs
+from consumers.producer import CaptureBuffer, send_files
+from streamcover.audio.decode import TruncatedAudioError, UnsafeInputError
+from streamcover.config import KafkaSettings, Settings
+from streamcover.events import AudioFrame, decode
 
 
 def test_capture_buffer_drops_beyond_its_bound_and_says_where() -> None:
@@ -37,3 +47,68 @@ def test_capture_buffer_get_waits_for_the_callback() -> None:
 
     got = asyncio.run(run())
     assert isinstance(got, np.ndarray) and len(got) == 5
+
+
+def _write_flac(path: Path, seconds: float, sr: int = 44_100) -> None:
+    t = np.arange(int(sr * seconds)) / sr
+    x = (0.4 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+    with av.open(str(path), "w", format="flac") as out:
+        st = out.add_stream("flac", rate=sr)
+        st.layout = "mono"
+        for i in range(0, x.shape[1], 4096):
+            fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[:, i:i + 4096]), format="fltp",
+                                            layout="mono")
+            fr.sample_rate, fr.pts, fr.time_base = sr, i, fractions.Fraction(1, sr)
+            for pkt in st.encode(fr):
+                out.mux(pkt)
+        for pkt in st.encode(None):
+            out.mux(pkt)
+
+
+async def _read_all(kafka: KafkaSettings, expect_eos: bool) -> list[AudioFrame]:
+    consumer = AIOKafkaConsumer(kafka.audio_topic, **consumer_kwargs(kafka))
+    await consumer.start()
+    frames: list[AudioFrame] = []
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000)
+                for records in batch.values():
+                    frames += [decode(r.value, AudioFrame) for r in records if r.value is not None]
+                if not batch and (not expect_eos or any(f.eos for f in frames)):
+                    break
+    finally:
+        await consumer.stop()
+    return sorted(frames, key=lambda f: f.seq)
+
+
+async def test_truncated_upload_ends_its_stream_with_an_aborted_eos(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    path = tmp_path / "upload.flac"
+    _write_flac(path, 12.0)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    settings = Settings(kafka=kafka_settings)
+    with pytest.raises(TruncatedAudioError) as info:
+        await send_files(settings, [path], "cut-upload", "upload", realtime=False)
+    frames = await _read_all(kafka_settings, expect_eos=True)
+    assert [f.seq for f in frames] == list(range(len(frames)))  # nothing lost, nothing twice
+    last = frames[-1]
+    assert last.eos and last.aborted is not None and "TruncatedAudioError" in last.aborted
+    assert not any(f.eos or f.aborted for f in frames[:-1])
+    assert all(f.stream_id == "cut-upload" for f in frames)
+    sent = sum(f.num_samples for f in frames) / settings.audio.wire_sample_rate
+    assert sent == pytest.approx(info.value.decoded_seconds, abs=1e-3)
+    assert 3.0 < sent < 10.0
+
+
+async def test_a_refused_file_sends_nothing(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    target = tmp_path / "other.flac"
+    _write_flac(target, 2.0)
+    script = tmp_path / "song.mp3"
+    script.write_text(f"ffconcat version 1.0\nfile '{target.name}'\n")
+    with pytest.raises(UnsafeInputError):
+        await send_files(Settings(kafka=kafka_settings), [script], "refused", "upload",
+                         realtime=False)
+    assert await _read_all(kafka_settings, expect_eos=False) == []

@@ -186,3 +186,49 @@ def test_short_upload_single_window_still_gets_verdict() -> None:
     assert [d.kind for d in out] == ["match", "final"]
     assert out[0].reference_span == (30.0, 50.0)
     assert out[-1].stream_span == (0.0, 8.0)
+
+
+def _many_songs(n: int, length: float = 100.0) -> list[tuple[str, float, float]]:
+    return [(f"r{i:03d}", i * length, (i + 1) * length) for i in range(n)]
+
+
+def test_live_set_list_is_bounded_and_counts_what_it_dropped() -> None:
+    songs = _many_songs(12)
+    end = songs[-1][2]
+    m = StreamMatcher("days", "live", settings(setlist_max_entries=4), WIN, HOP)
+    out = run(m, songs, end)
+    segs = [d for d in out if d.kind == "setlist_segment"]
+    assert [d.reference_id for d in segs] == [r for r, _, _ in songs]  # every segment emitted
+    assert len(m.closed) == 4 and m.closed_omitted == 8
+    final = out[-1]
+    assert final.kind == "setlist" and final.setlist_omitted == 8
+    assert [i.reference_id for i in final.setlist] == [r for r, _, _ in songs[-4:]]
+    # The same stream unbounded lists everything and omits nothing.
+    whole = run(StreamMatcher("days", "live", settings(), WIN, HOP), songs, end)[-1]
+    assert whole.setlist_omitted == 0 and len(whole.setlist) == 12
+    assert whole.setlist[-4:] == final.setlist
+
+
+def test_bounded_set_list_survives_a_checkpoint() -> None:
+    songs = _many_songs(8)
+    m = StreamMatcher("s", "live", settings(setlist_max_entries=3), WIN, HOP)
+    run(m, songs[:6], songs[5][2])
+    blob = msgpack.packb(m.to_state(), use_bin_type=True)
+    back = StreamMatcher.from_state(msgpack.unpackb(blob), "s", "live", settings(setlist_max_entries=3), WIN, HOP)
+    assert back.closed_omitted == m.closed_omitted == 3 and back.closed == m.closed
+    # A checkpoint written with a larger bound is cut to the current one on restore.
+    small = StreamMatcher.from_state(msgpack.unpackb(blob), "s", "live", settings(setlist_max_entries=1), WIN, HOP)
+    assert len(small.closed) == 1 and small.closed_omitted == 5
+    assert small.setlist(99).setlist_omitted == 5
+
+
+def test_upload_keeps_a_bounded_number_of_released_matches() -> None:
+    m = StreamMatcher("u-long", "upload", settings(threshold=0.7, release_threshold=0.4), WIN, HOP)
+    for i in range(200):  # a new reference matches, then is released, every two windows
+        ref = f"r{i // 2}"
+        sc = 0.8 if i % 2 == 0 else 0.1
+        m.add_chunk(i, i * HOP, i * HOP + WIN)
+        m.on_window(i, i * HOP, i * HOP + WIN, [FakeHit(ref, sc, {}, [(i * HOP, 0.0, sc)])])
+    assert 0 < len(m.matches) <= 33
+    assert all(not o.open for o in m.matches.values())
+    assert "r99" in m.matches and "r0" not in m.matches  # the oldest went first
