@@ -65,7 +65,7 @@ LOSS_COLUMNS = ("total", "ce", "triplet", "lac", "lat", "map")
 RESUMABLE_CHANGES = {"max_steps", "max_hours", "val_every_steps", "checkpoint_every_steps",
                      "threads", "device", "val_max_works"}
 
-log = get_logger("streamcover.train")
+log = get_logger(__name__)
 
 
 def build_encoder_config(cfg: TrainConfig) -> EncoderConfig:
@@ -331,10 +331,9 @@ class _Run:
             improved, state.plateau_bad, state.lr_scale, self.cfg.optim)
         best_score = round(float(state.best["score"]), 4) if state.best else None
         log.info("validation", step=state.step, map_full=round(vr.map_full, 4),
-                 map_30s=round(vr.map_30s, 4), best_score=best_score,
+                 p10_full=round(vr.p10_full, 4), mr1_full=round(vr.mr1_full, 1),
+                 map_30s=round(vr.map_30s, 4), best_score=best_score, lr=f"{self.lr:.2e}",
                  seconds=round(time.time() - t0, 1))
-        _print(f"val step {state.step}: full mAP {vr.map_full:.4f} P@10 {vr.p10_full:.4f} "
-               f"MR1 {vr.mr1_full:.1f} | 30s mAP {vr.map_30s:.4f} | lr {self.lr:.2e}")
 
     def _save_best(self, vr: ValResult) -> None:
         save_checkpoint(
@@ -420,10 +419,10 @@ def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None,
             loss = float(terms["total"].item())
             advance(state.step, loss)
             if not interactive and state.step % 10 == 0:
-                _print(f"step {state.step} loss {loss:.4f} "
-                       + " ".join(f"{k} {float(v.item()):.3f}" for k, v in terms.items()
-                                  if k != "total")
-                       + f" chunks {batch.total_chunks} {dt:.2f}s/step lr {lr:.2e}")
+                log.info("step", step=state.step, loss=round(loss, 4),
+                         **{k: round(float(v.item()), 3) for k, v in terms.items()
+                            if k != "total"},
+                         chunks=batch.total_chunks, seconds=round(dt, 2), lr=f"{lr:.2e}")
             if state.step % cfg.val_every_steps == 0:
                 t_val = time.time()
                 run.validate()
@@ -436,13 +435,10 @@ def train(cfg: TrainConfig, train_tracks: TrackSet, val_tracks: TrackSet | None,
                        best=state.best, history=state.history)
 
 
-def _print(msg: str) -> None:
-    print(time.strftime("%H:%M:%S ") + msg, flush=True)
-
-
 @contextlib.contextmanager
 def _progress(enabled: bool, total: int, start: int) -> Iterator[Any]:
-    """A rich progress bar on a terminal; a no-op callable otherwise (logs carry progress)."""
+    """A rich progress bar on a terminal; a no-op callable otherwise (the log carries
+    progress: a ``step`` line every 10 steps)."""
     if not enabled:
         yield lambda step, loss: None
         return
