@@ -18,12 +18,29 @@ The offset committed for a partition is the smallest such point over its streams
 restart re-reads at most ~one window of audio per stream; frames already accounted for are
 dropped by sequence number, and records below the partition mark are never acted on twice
 (no duplicate dead letters or set lists).
+
+Hostile input (docs/monitor.md "Fault tolerance"). Every size a producer controls is bounded
+before it is allocated: frame positions (``start_sample`` beyond what ``seq`` frames can
+hold is dead-lettered), holes (silence only up to ``audio.max_gap_seconds``), sample rates
+(``audio.supported_sample_rates``). An exception while handling one stream — in its record,
+in the batched front end, the batched encoder, the search or the decision — dead-letters
+the record (``processing_error``), ends that stream with a final event and drops its later
+frames; the batch and the other streams carry on, and the offset moves past the record, so
+a replay cannot loop on it.
+
+State lifecycle. A finished stream's checkpoint stays on the state topic until the offset
+committed for its partition has passed its last record (until then a restart could re-read
+its frames and must drop them); then it is tombstoned. A restored checkpoint that gets no
+frame while its partition's records advance ``monitor.idle_evict_seconds`` past it (record
+time; wall time once the partition is quiet) is finished, so it no longer holds the
+committed offset back. Finished checkpoints read at start-up are kept as three integers.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import traceback
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,11 +62,13 @@ from streamcover.events import (
     PartitionMark,
     SetListEntry,
     SetListRequest,
+    SourceKind,
     Span,
     StreamState,
     WireError,
     decode_any,
     encode,
+    event_id,
 )
 from streamcover.log import get_logger
 from streamcover.match.decision import Decision, StreamMatcher
@@ -59,6 +78,7 @@ log = get_logger("streamcover.monitor")
 
 MARK_PREFIX = "__mark__"
 LAST = 1 << 62  # job order after every record of a batch (evictions)
+CLOSED_SEQ = 1 << 62  # next_seq of a stream closed by a fault: all its later frames are dropped
 
 
 def mark_key(topic: str, partition: int) -> str:
@@ -83,8 +103,8 @@ class Output:
 
     events: list[MatchEvent] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    # (partition, key, value) for the compacted state topic
-    states: list[tuple[int, str, bytes]] = field(default_factory=list)
+    # (partition, key, value) for the compacted state topic; value None is a tombstone
+    states: list[tuple[int, str, bytes | None]] = field(default_factory=list)
     # input partition -> next offset to read after a restart
     offsets: dict[int, int] = field(default_factory=dict)
     windows: int = 0
@@ -96,6 +116,7 @@ class _Audio:
     offset: int
     closed_at: float  # wall clock when this audio was sent (window-close reference)
     eos: bool
+    order: int = 0  # batch position of its record (a fault is dead-lettered with it)
 
 
 @dataclass
@@ -132,10 +153,13 @@ class StreamRuntime:
         self.win_f = max(1, round(settings.audio.window_seconds * fps))
         self.hop_f = max(1, min(self.win_f, round(settings.audio.hop_seconds * fps)))
         self.min_f = max(1, min(self.win_f, math.ceil(settings.audio.min_clip_seconds * fps - 1e-9)))
+        gap_s = settings.audio.max_gap_seconds
         self.seq: Sequencer[_Audio] = Sequencer(
-            max_gap_frames=settings.monitor.max_gap_frames,
+            max_gap_frames=min(settings.monitor.max_gap_frames,
+                               int(gap_s / settings.audio.frame_seconds + 1e-9)),
             reorder_frames=settings.monitor.reorder_frames,
             next_seq=first_seq, next_sample=first_sample,
+            max_gap_samples=int(gap_s * sample_rate),
         )
         self.matcher = StreamMatcher(stream_id, source, settings.match,
                                      settings.audio.window_seconds, settings.audio.hop_seconds)
@@ -151,6 +175,8 @@ class StreamRuntime:
         self.last_active = time.monotonic()
         self.skip_until = first_sample
         self.discard = 0  # feature frames to drop after a restore (see resume_point)
+        self.failed = False  # closed by a fault: checkpointed as finished, later frames dropped
+        self.last_offset = first_offset  # newest record of this stream seen
         self._new_epoch(first_sample)
 
     # ---- epochs: a fresh feature grid (start, or after a large gap) ----------------------
@@ -336,6 +362,7 @@ class StreamRuntime:
     def restore(cls, st: StreamState, partition: int, settings: Settings, engine: Engine) -> StreamRuntime:
         rt = cls(st.stream_id, st.source, partition, st.sample_rate, settings, engine,
                  st.resume_seq, st.resume_sample, st.resume_offset, st.title)
+        rt.last_offset = st.resume_offset - 1  # nothing of it read yet in this incarnation
         tail = st.feature_matrix()
         if tail.size == 0:
             tail = np.zeros((int(engine.frontend.n_bins), 0), dtype=np.float32)
@@ -364,28 +391,47 @@ class Pipeline:
         self.engine = engine
         self.metrics = metrics or Metrics()
         self.streams: dict[str, StreamRuntime] = {}
-        self.restored: dict[str, tuple[int, StreamState]] = {}
+        self.restored: dict[str, tuple[int, StreamState]] = {}  # unfinished checkpoints only
         self.ended: OrderedDict[str, tuple[int, int]] = OrderedDict()  # stream -> (next_seq, next_sample)
+        # Finished streams whose checkpoint is still on the state topic, until the committed
+        # offset of their partition passes their last record: stream -> (partition, offset
+        # after its last record, next_seq). Then they are tombstoned.
+        self.closing: dict[str, tuple[int, int, int]] = {}
         self.marks: dict[int, int] = {}
         self.consumed: dict[int, int] = {}
+        # Partition clock for orphaned checkpoints: newest record time (s) and the wall time
+        # a record (or the partition's state) last arrived.
+        self.clock: dict[int, tuple[float, float]] = {}
         self._rejected: OrderedDict[str, None] = OrderedDict()
+        self._batch: Sequence[InRecord] = ()
+        self._current: tuple[str, AudioFrame, int] | None = None  # the frame being handled
+        self._ended_now: set[str] = set()  # streams whose end event this batch emitted
 
     # ---- partition assignment ------------------------------------------------------------------
     def load_state(self, partition: int, key: str, value: bytes | None) -> None:
         """Feed one record of the state topic (in log order) at assignment time."""
+        self.clock.setdefault(partition, (-math.inf, time.time()))
+        try:
+            record = decode_any(value) if value is not None else None
+        except WireError as exc:
+            log.warning("state_unreadable", key=key[:200], partition=partition, reason=exc.reason)
+            return
         if key.startswith(MARK_PREFIX):
-            if value is not None:
-                mark = decode_any(value)
-                if isinstance(mark, PartitionMark) and mark.topic == self.settings.kafka.audio_topic:
-                    self.marks[mark.partition] = mark.processed_upto
+            if isinstance(record, PartitionMark) and record.topic == self.settings.kafka.audio_topic:
+                self.marks[record.partition] = record.processed_upto
             return
-        if value is None:
+        if record is None:
             self.restored.pop(key, None)
+            self.closing.pop(key, None)
             return
-        st = decode_any(value)
-        if not isinstance(st, StreamState):
+        if not isinstance(record, StreamState):
             return
-        self.restored[key] = (partition, st)
+        if record.finished:  # three integers, not the whole state: there may be many
+            self.restored.pop(key, None)
+            self.closing[key] = (partition, record.resume_offset, record.resume_seq)
+            return
+        self.closing.pop(key, None)
+        self.restored[key] = (partition, record)
 
     def drop_partitions(self, partitions: Iterable[int]) -> None:
         """Forget streams of revoked partitions (their state is in the state topic)."""
@@ -394,9 +440,12 @@ class Pipeline:
             del self.streams[sid]
         for sid in [s for s, (p, _) in self.restored.items() if p in parts]:
             del self.restored[sid]
+        for sid in [s for s, (p, _, _) in self.closing.items() if p in parts]:
+            del self.closing[sid]
         for p in parts:
             self.marks.pop(p, None)
             self.consumed.pop(p, None)
+            self.clock.pop(p, None)
         self.metrics.active_streams.set(len(self.streams))
 
     # ---- the batch ---------------------------------------------------------------------------
@@ -405,14 +454,23 @@ class Pipeline:
         out = Output()
         jobs: list[_Job] = []
         touched: dict[str, StreamRuntime] = {}
+        self._batch = records
+        self._ended_now = set()
         t0 = time.perf_counter()
         for order, rec in enumerate(records):
             self.consumed[rec.partition] = max(self.consumed.get(rec.partition, 0), rec.offset + 1)
-            replay = rec.offset < self.marks.get(rec.partition, 0)
-            self._record(rec, replay, now, out, jobs, touched, order)
-        self._sync_features(jobs)
+            self._tick(rec, now)
+            replay = self._replay(rec)
+            self._current = None
+            try:
+                self._record(rec, replay, now, out, jobs, touched, order)
+            except Exception as exc:  # one stream's fault must not stop the others
+                self._record_fault(rec, replay, exc, now, out, jobs, touched, order)
+        self._current = None
+        self._sync_features(jobs, out)
         self.metrics.feature_latency.observe(time.perf_counter() - t0)
         self._evict(now, jobs, touched)
+        self._evict_orphans(now, jobs, touched, out)
         jobs.sort(key=lambda j: j.order)  # stable: each stream's jobs keep their order
         self._run_jobs(jobs, out, now)
         # Checkpoint exactly the streams that decided something (a window or an end): their
@@ -420,17 +478,17 @@ class Pipeline:
         decided = {j.stream.stream_id: j.stream for j in jobs}
         for rt in decided.values():
             if rt.stream_id in self.streams or rt.finished:
-                st = rt.checkpoint(self.engine.model_id, self.engine.catalog_version)
-                out.states.append((rt.partition, rt.stream_id, encode(st)))
+                out.states.append((rt.partition, rt.stream_id, self._state_of(rt, out, now)))
             if rt.finished:
-                self.streams.pop(rt.stream_id, None)
-                self._remember_end(rt.stream_id, rt.seq.next_seq, rt.seq.next_sample)
+                self._close(rt)
         for p, upto in self.consumed.items():
             mark = PartitionMark(topic=self.settings.kafka.audio_topic, partition=p,
                                  processed_upto=max(upto, self.marks.get(p, 0)), updated_at=now)
             self.marks[p] = mark.processed_upto
             out.states.append((p, mark_key(self.settings.kafka.audio_topic, p), encode(mark)))
         out.offsets = self.commit_offsets()
+        self._tombstone(out)
+        self._batch = ()
         self.metrics.active_streams.set(len(self.streams))
         return out
 
@@ -444,11 +502,52 @@ class Pipeline:
                 offsets[p] = min(offsets[p], st.resume_offset)
         return offsets
 
+    def _replay(self, rec: InRecord) -> bool:
+        return rec.offset < self.marks.get(rec.partition, 0)
+
+    def _tick(self, rec: InRecord, now: float) -> None:
+        """Advance the partition's record clock (a producer's timestamp counts up to now)."""
+        newest, _ = self.clock.get(rec.partition, (-math.inf, now))
+        ts = rec.timestamp_ms / 1000.0
+        if ts > 0:
+            newest = max(newest, min(ts, now))
+        self.clock[rec.partition] = (newest, now)
+
+    def _progress(self, partition: int, now: float) -> float:
+        """How far the partition has got in time: its newest record's time, or the wall
+        clock once no record has come for ``idle_evict_seconds`` (it is caught up)."""
+        newest, since = self.clock.get(partition, (-math.inf, now))
+        if now - since >= self.settings.monitor.idle_evict_seconds:
+            return max(newest, now)
+        return newest
+
+    def _close(self, rt: StreamRuntime) -> None:
+        """A finished stream leaves memory; its checkpoint waits for its tombstone."""
+        self.streams.pop(rt.stream_id, None)
+        next_seq = CLOSED_SEQ if rt.failed else rt.seq.next_seq
+        self._remember_end(rt.stream_id, next_seq, rt.seq.next_sample)
+        self.closing[rt.stream_id] = (rt.partition, max(rt.last_offset + 1, rt.low_water), next_seq)
+
+    def _tombstone(self, out: Output) -> None:
+        """Delete the checkpoints of finished streams no restart can re-read a frame of."""
+        if not self.closing or not out.offsets:
+            return
+        for sid, (p, end, _) in list(self.closing.items()):
+            if out.offsets.get(p, -1) >= end:
+                out.states.append((p, sid, None))
+                del self.closing[sid]
+
     def _remember_end(self, sid: str, next_seq: int, next_sample: int) -> None:
         self.ended[sid] = (next_seq, next_sample)
         self.ended.move_to_end(sid)
         while len(self.ended) > 10 * self.settings.monitor.max_streams:
             self.ended.popitem(last=False)
+
+    def _end_seq(self, sid: str) -> int | None:
+        """next_seq of a finished stream, if this instance still knows it ended."""
+        if sid in self.closing:
+            return self.closing[sid][2]
+        return self.ended[sid][0] if sid in self.ended else None
 
     def _dead(self, out: Output, rec: InRecord, reason: str, detail: str, replay: bool) -> None:
         if replay:
@@ -464,6 +563,74 @@ class Pipeline:
         self.metrics.dlq.labels(reason).inc()
         log.warning("dead_letter", reason=reason, detail=detail[:300], partition=rec.partition, offset=rec.offset)
 
+    # ---- faults ----------------------------------------------------------------------------------
+    def _fault(self, rt: StreamRuntime | None, rec: InRecord | None, phase: str, exc: BaseException,
+               out: Output, sid: str | None = None) -> None:
+        """Dead-letter the record a fault came from and mark its stream failed; the caller
+        ends the stream. The traceback goes to the log, the reason to the dead letter."""
+        sid = rt.stream_id if rt is not None else sid
+        detail = f"{phase}: {type(exc).__name__}: {exc}"
+        log.error("stream_fault", stream=sid, phase=phase, error=detail[:500],
+                  where=traceback.format_exc(limit=-3)[-1500:])
+        if rec is not None:
+            self._dead(out, rec, "processing_error", detail, self._replay(rec))
+        if rt is not None:
+            rt.failed = True
+            rt.pending, rt.pending_samples = [], 0
+
+    def _close_job(self, rt: StreamRuntime, jobs: list[_Job], order: int, closed_at: float) -> None:
+        """End a failed stream after the windows it completed so far (no more features)."""
+        if rt.finished:
+            return  # its end job is already queued
+        try:
+            end = max(rt.frame_time(rt.frames_done), rt.seq.next_sample / rt.sample_rate)
+        except Exception:
+            end = 0.0
+        end = end if math.isfinite(end) else 0.0
+        jobs.append(_Job(rt, rt.next_window, end, end, None, closed_at, finish_at=end, order=order))
+        rt.finished = True
+
+    def _record_fault(self, rec: InRecord, replay: bool, exc: Exception, now: float, out: Output,
+                      jobs: list[_Job], touched: dict[str, StreamRuntime], order: int) -> None:
+        current = self._current
+        rt = self.streams.get(current[0]) if current is not None else None
+        self._fault(rt, rec, "record", exc, out, sid=current[0] if current else None)
+        if rt is not None:
+            self._close_job(rt, jobs, order, now)
+            touched[rt.stream_id] = rt
+        elif current is not None:  # it failed before it had a runtime (e.g. its restore)
+            sid, frame, partition = current
+            self._close_unopened(sid, frame.source, frame.title, frame.sample_rate, partition,
+                                 rec.offset + 1, 0, out, now)
+
+    def _close_unopened(self, sid: str, source: SourceKind, title: str | None, rate: int,
+                        partition: int, end_offset: int, index: int, out: Output, now: float) -> None:
+        """End a stream that has no runtime: an aborted final and a closed checkpoint."""
+        out.events.append(self._event(_aborted(sid, source, index, 0.0), now, None))
+        st = _closed_state(sid, source, title, rate, end_offset, self.engine.model_id,
+                           self.engine.catalog_version)
+        out.states.append((partition, sid, encode(st)))
+        self._remember_end(sid, CLOSED_SEQ, 0)
+        self.closing[sid] = (partition, end_offset, CLOSED_SEQ)
+
+    def _state_of(self, rt: StreamRuntime, out: Output, now: float) -> bytes:
+        """The stream's checkpoint; a failed stream's is a closed one (its buffers are not
+        trusted), which drops all its later frames, also after a restart."""
+        if not rt.failed:
+            try:
+                return encode(rt.checkpoint(self.engine.model_id, self.engine.catalog_version))
+            except Exception as exc:
+                self._fault(rt, None, "checkpoint", exc, out)
+                if rt.stream_id not in self._ended_now:
+                    out.events.append(self._event(_aborted(rt.stream_id, rt.source, rt.next_window, 0.0),
+                                                  now, None))
+                rt.finished = True
+        end = max(rt.last_offset + 1, rt.low_water)
+        rt.low_water = end
+        return encode(_closed_state(rt.stream_id, rt.source, rt.title, rt.sample_rate, end,
+                                    self.engine.model_id, self.engine.catalog_version))
+
+    # ---- records ---------------------------------------------------------------------------------
     def _record(self, rec: InRecord, replay: bool, now: float, out: Output, jobs: list[_Job],
                 touched: dict[str, StreamRuntime], order: int = 0) -> None:
         s = self.settings
@@ -483,7 +650,7 @@ class Pipeline:
             rt = self.streams.get(record.stream_id)
             if rt is None and record.stream_id in self.restored:
                 rt = self._restore(record.stream_id)
-            if rt is None:
+            if rt is None or rt.finished:
                 self._dead(out, rec, "unknown_stream", f"no open stream {record.stream_id!r} here", replay)
                 return
             rt.sync(jobs)  # windows completed before the request count, as on arrival
@@ -497,10 +664,23 @@ class Pipeline:
         if key is not None and key != frame.stream_id:
             self._dead(out, rec, "key_mismatch", f"record key {key!r} differs from stream_id {frame.stream_id!r}", replay)
             return
+        if frame.sample_rate not in s.audio.supported_sample_rates:
+            self._dead(out, rec, "unsupported_rate", f"sample rate {frame.sample_rate} Hz is not in "
+                       f"audio.supported_sample_rates {list(s.audio.supported_sample_rates)}", replay)
+            return
+        # seq frames before this one hold at most seq · max samples: anything beyond is not a
+        # hole a producer can have made (and would be a window grid 10^13 samples away).
+        most = (frame.seq + 1) * (s.audio.max_frame_bytes // 2)
+        if frame.start_sample > most:
+            self._dead(out, rec, "implausible_position", f"start_sample {frame.start_sample} is beyond "
+                       f"what {frame.seq} earlier frames can hold ({most} samples)", replay)
+            return
+        self._current = (frame.stream_id, frame, rec.partition)
         rt = self._stream_for(frame, rec, replay, out)
         if rt is None:
             return
         rt.last_active = time.monotonic()
+        rt.last_offset = max(rt.last_offset, rec.offset)
         samples = frame.samples() if frame.num_samples else np.zeros(0, dtype=np.float32)
         if frame.channels > 1:
             self.metrics.frames_converted.labels("mixdown").inc()
@@ -520,7 +700,7 @@ class Pipeline:
         if frame.sample_rate != s.audio.wire_sample_rate:
             self.metrics.frames_converted.labels("resample").inc()
         closed_at = frame.sent_at if math.isfinite(frame.sent_at) and 0 < frame.sent_at <= now + 5 else now
-        audio = _Audio(samples, rec.offset, closed_at, frame.eos)
+        audio = _Audio(samples, rec.offset, closed_at, frame.eos, order)
         slot = Slot(frame.seq, frame.start_sample, int(samples.size), audio)
         actions = rt.seq.push(slot)
         if frame.eos:
@@ -546,9 +726,12 @@ class Pipeline:
             if item.eos and not rt.finished:
                 rt.finish(item.closed_at, jobs, order)
 
-    def _sync_features(self, jobs: list[_Job]) -> None:
+    # ---- features ----------------------------------------------------------------------------------
+    def _sync_features(self, jobs: list[_Job], out: Output) -> None:
         """Features of every stream with pending audio in one batched front-end call
-        (``push_many``: one FFT/peak-picking pass over the frames of all streams)."""
+        (``push_many``: one FFT/peak-picking pass over the frames of all streams). If the
+        batch raises, each stream is retried alone from its state before the batch, so only
+        a stream that fails on its own is ended."""
         due: list[StreamRuntime] = []
         blocks: list[np.ndarray] = []
         for rt in self.streams.values():
@@ -558,12 +741,36 @@ class Pipeline:
                 blocks.append(block)
         if not due:
             return
-        if all(isinstance(rt.fstream, FeatureStream) for rt in due):
-            new = push_many([rt.fstream for rt in due], blocks)
-        else:  # a front end without the batched path
-            new = [rt.fstream.push(b) for rt, b in zip(due, blocks, strict=True)]
+        snaps = [_snapshot(rt.fstream) for rt in due]
+        new: list[np.ndarray | None]
+        try:
+            new = list(_features(due, blocks))
+        except Exception:
+            new = []
+            for rt, block, snap in zip(due, blocks, snaps, strict=True):
+                _restore_snapshot(rt.fstream, snap)
+                try:
+                    new.append(_features([rt], [block])[0])
+                except Exception as exc:
+                    _restore_snapshot(rt.fstream, snap)
+                    new.append(None)
+                    self._feature_fault(rt, "features", exc, jobs, out)
         for rt, feats in zip(due, new, strict=True):
-            rt.absorb(np.asarray(feats, dtype=np.float32), jobs)
+            if feats is None:
+                continue
+            try:
+                rt.absorb(np.asarray(feats, dtype=np.float32), jobs)
+            except Exception as exc:
+                self._feature_fault(rt, "windows", exc, jobs, out)
+
+    def _feature_fault(self, rt: StreamRuntime, phase: str, exc: Exception, jobs: list[_Job],
+                       out: Output) -> None:
+        order = rt.pending[-1][3] if rt.pending else -1
+        self._fault(rt, self._rec_at(order), phase, exc, out)
+        self._close_job(rt, jobs, order if order >= 0 else LAST, time.time())
+
+    def _rec_at(self, order: int) -> InRecord | None:
+        return self._batch[order] if 0 <= order < len(self._batch) else None
 
     def _restore(self, sid: str) -> StreamRuntime | None:
         partition, st = self.restored.pop(sid)
@@ -581,17 +788,21 @@ class Pipeline:
         sid = frame.stream_id
         rt = self.streams.get(sid)
         if rt is not None:
+            if rt.finished:  # ended earlier in this batch
+                self.metrics.frames_dropped.labels("replayed" if replay else "after_end").inc()
+                return None
             return rt
         if sid in self.restored:
             rt = self._restore(sid)
             if rt is not None:
                 return rt
-        if sid in self.ended:
-            next_seq, _ = self.ended[sid]
+        next_seq = self._end_seq(sid)
+        if next_seq is not None:
             if frame.seq < next_seq:
                 self.metrics.frames_dropped.labels("replayed" if replay else "after_end").inc()
                 return None
-            del self.ended[sid]
+            self.ended.pop(sid, None)
+            self.closing.pop(sid, None)
         if len(self.streams) >= self.settings.monitor.max_streams:
             self.metrics.stream_cap_hit.set(1)
             self.metrics.frames_dropped.labels("stream_cap").inc()
@@ -616,13 +827,46 @@ class Pipeline:
             if rt.last_active < limit and not rt.finished:
                 log.info("stream_evicted", stream=sid, idle_s=self.settings.monitor.idle_evict_seconds)
                 self.metrics.evicted.inc()
-                rt.finish(now, jobs)
+                try:
+                    rt.finish(now, jobs)
+                except Exception as exc:
+                    self._fault(rt, None, "evict", exc, Output())
+                    self._close_job(rt, jobs, LAST, now)
                 touched[sid] = rt
 
+    def _evict_orphans(self, now: float, jobs: list[_Job], touched: dict[str, StreamRuntime],
+                       out: Output) -> None:
+        """Finish restored checkpoints whose stream sent nothing while its partition moved
+        ``idle_evict_seconds`` past the checkpoint: they would hold its offset forever."""
+        idle = self.settings.monitor.idle_evict_seconds
+        for sid, (p, st) in list(self.restored.items()):
+            if self._progress(p, now) - st.updated_at <= idle:
+                continue
+            log.info("checkpoint_orphaned", stream=sid, partition=p, resume_offset=st.resume_offset,
+                     idle_s=idle)
+            self.metrics.evicted.inc()
+            try:
+                rt = self._restore(sid)
+            except Exception as exc:
+                self._fault(None, None, "restore", exc, out, sid=sid)
+                self._close_unopened(sid, st.source, st.title, st.sample_rate, p, st.resume_offset,
+                                     st.next_window, out, now)
+                continue
+            if rt is None:
+                continue
+            try:
+                rt.finish(now, jobs)
+            except Exception as exc:
+                self._fault(rt, None, "evict", exc, out)
+                self._close_job(rt, jobs, LAST, now)
+            touched[sid] = rt
+
     # ---- embedding, search, decisions ---------------------------------------------------------
-    def _run_jobs(self, jobs: list[_Job], out: Output, now: float) -> None:
-        windows = [j for j in jobs if j.chunk is not None]
+    def _embed(self, jobs: list[_Job]) -> tuple[dict[int, np.ndarray], dict[int, Exception]]:
+        """Embeddings of the window jobs, batched across streams by chunk length; a batch
+        that raises is retried job by job, and the jobs that still fail are returned."""
         vectors: dict[int, np.ndarray] = {}
+        failed: dict[int, Exception] = {}
         bs = self.settings.encoder.batch_size
         by_len: dict[int, list[int]] = {}
         for i, j in enumerate(jobs):
@@ -631,35 +875,87 @@ class Pipeline:
         for ids in by_len.values():
             for b in range(0, len(ids), bs):
                 part = ids[b : b + bs]
-                batch = np.stack([jobs[i].chunk for i in part])  # type: ignore[misc]
-                t0 = time.perf_counter()
-                emb = np.asarray(self.engine.encoder.embed_chunks(batch), dtype=np.float32)
-                self.metrics.embed_latency.observe(time.perf_counter() - t0)
-                self.metrics.batch_size.observe(len(part))
+                try:
+                    emb = self._embed_batch([jobs[i] for i in part])
+                except Exception:
+                    for i in part:
+                        try:
+                            vectors[i] = self._embed_batch([jobs[i]])[0]
+                        except Exception as exc:
+                            failed[i] = exc
+                    continue
                 for i, v in zip(part, emb, strict=True):
                     vectors[i] = v
+        return vectors, failed
+
+    def _embed_batch(self, part: list[_Job]) -> np.ndarray:
+        batch = np.stack([j.chunk for j in part])  # type: ignore[misc]
+        t0 = time.perf_counter()
+        emb = np.asarray(self.engine.encoder.embed_chunks(batch), dtype=np.float32)
+        self.metrics.embed_latency.observe(time.perf_counter() - t0)
+        self.metrics.batch_size.observe(len(part))
+        if emb.shape[0] != len(part) or not np.isfinite(emb).all():
+            raise ValueError(f"encoder returned {emb.shape} / non-finite values for {len(part)} windows")
+        return emb
+
+    def _run_jobs(self, jobs: list[_Job], out: Output, now: float) -> None:
+        windows = [j for j in jobs if j.chunk is not None]
+        vectors, failed = self._embed(jobs)
         self.metrics.windows.inc(len(windows))
         out.windows += len(windows)
+        broken: set[str] = set()
         for i, j in enumerate(jobs):
             rt = j.stream
-            if j.chunk is None:
-                for d in rt.matcher.finish(j.finish_at or j.end, j.index):
-                    out.events.append(self._event(d, now, j.closed_at))
+            if rt.stream_id in broken:
                 continue
-            rt.embeddings[j.index] = vectors[i]
-            rt.chunk_start[j.index] = j.start
-            rt.matcher.add_chunk(j.index, j.start, j.end)
-            q = rt.matcher.query_indices()
-            for old in [k for k in rt.embeddings if k < q[0]]:
-                del rt.embeddings[old]
-                rt.chunk_start.pop(old, None)
-            qv = np.stack([rt.embeddings[k] for k in q])
-            qs = np.array([rt.chunk_start[k] for k in q], dtype=np.float64)
-            t0 = time.perf_counter()
-            hits = self.engine.searcher.search(qv, qs, chunk_ids=list(q), memo=rt.stage1_memo)
-            self.metrics.search_latency.observe(time.perf_counter() - t0)
-            for d in rt.matcher.on_window(j.index, j.start, j.end, hits):
+            try:
+                if i in failed:
+                    raise failed[i]
+                self._decide(j, vectors.get(i), out, now)
+            except Exception as exc:
+                broken.add(rt.stream_id)
+                phase = "embed" if i in failed else ("finish" if j.chunk is None else "search/decision")
+                self._fault(rt, self._rec_at(j.order), phase, exc, out)
+                self._finish_now(rt, j, out, now)
+
+    def _decide(self, j: _Job, vector: np.ndarray | None, out: Output, now: float) -> None:
+        rt = j.stream
+        if j.chunk is None:
+            for d in rt.matcher.finish(j.finish_at or j.end, j.index):
                 out.events.append(self._event(d, now, j.closed_at))
+            self._ended_now.add(rt.stream_id)
+            return
+        assert vector is not None
+        rt.embeddings[j.index] = vector
+        rt.chunk_start[j.index] = j.start
+        rt.matcher.add_chunk(j.index, j.start, j.end)
+        q = rt.matcher.query_indices()
+        for old in [k for k in rt.embeddings if k < q[0]]:
+            del rt.embeddings[old]
+            rt.chunk_start.pop(old, None)
+        qv = np.stack([rt.embeddings[k] for k in q])
+        qs = np.array([rt.chunk_start[k] for k in q], dtype=np.float64)
+        t0 = time.perf_counter()
+        hits = self.engine.searcher.search(qv, qs, chunk_ids=list(q), memo=rt.stage1_memo)
+        self.metrics.search_latency.observe(time.perf_counter() - t0)
+        for d in rt.matcher.on_window(j.index, j.start, j.end, hits):
+            out.events.append(self._event(d, now, j.closed_at))
+
+    def _finish_now(self, rt: StreamRuntime, j: _Job, out: Output, now: float) -> None:
+        """A stream failed while deciding: its end event now (the matcher's verdict so far,
+        or an aborted final if the matcher itself cannot give one)."""
+        rt.finished = True
+        if rt.stream_id in self._ended_now:
+            return
+        end = j.finish_at if j.finish_at is not None else j.end
+        try:
+            events = [self._event(d, now, j.closed_at) for d in rt.matcher.finish(end, rt.next_window)]
+        except Exception:
+            events = []
+        if not events:
+            events = [self._event(_aborted(rt.stream_id, rt.source, rt.next_window, end), now, None)]
+        out.events.extend(events)
+        self._ended_now.add(rt.stream_id)
 
     def _event(self, d: Decision, now: float, closed_at: float | None) -> MatchEvent:
         emitted = time.time()
@@ -693,3 +989,43 @@ def _resample_once(x: np.ndarray, src: int, dst: int) -> np.ndarray:
     y = r.push(np.concatenate([x, np.zeros(64, dtype=np.float32)]))
     n = x.size * dst // src
     return y[:n] if y.size >= n else np.concatenate([y, np.zeros(n - y.size, dtype=np.float32)])
+
+
+def _features(due: Sequence[StreamRuntime], blocks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    if all(isinstance(rt.fstream, FeatureStream) for rt in due):
+        return push_many([rt.fstream for rt in due], blocks)
+    return [rt.fstream.push(b) for rt, b in zip(due, blocks, strict=True)]  # no batched path
+
+
+def _snapshot(obj: Any) -> dict[str, Any]:
+    """The attributes of a feature stream, with its buffers copied, so that a failed
+    batched push can be undone and the stream retried on its own."""
+    return {k: (v.copy() if isinstance(v, np.ndarray | list) else v) for k, v in vars(obj).items()}
+
+
+def _restore_snapshot(obj: Any, snap: dict[str, Any]) -> None:
+    state = vars(obj)
+    state.clear()
+    state.update({k: (v.copy() if isinstance(v, np.ndarray | list) else v) for k, v in snap.items()})
+
+
+def _aborted(sid: str, source: SourceKind, index: int, end: float) -> Decision:
+    """The end event of a stream that a fault closed before it had a verdict."""
+    return Decision(
+        kind="final", event_id=event_id(sid, "final", "aborted", index), stream_id=sid, source=source,
+        reference_id=None, reference={}, score=0.0, chunks_used=0,
+        stream_span=(0.0, max(end, 0.0) if math.isfinite(end) else 0.0), reference_span=None,
+        window_index=index,
+    )
+
+
+def _closed_state(sid: str, source: SourceKind, title: str | None, rate: int, end_offset: int,
+                  model_id: str, catalog_version: str) -> StreamState:
+    """The checkpoint of a stream closed by a fault: finished, every later seq dropped."""
+    return StreamState(
+        stream_id=sid, source=source, title=title, finished=True, sample_rate=rate,
+        resume_seq=CLOSED_SEQ, resume_sample=0, resume_offset=max(0, end_offset),
+        grid_origin_sample=0, frames_done=0, win_start=0, epoch_windows=0, last_end=0,
+        next_window=0, feature_bins=0, embed_dim=0, model_id=model_id,
+        catalog_version=catalog_version, updated_at=time.time(),
+    )

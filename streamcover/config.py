@@ -8,6 +8,7 @@ an optional ``.env`` file in the working directory, then the defaults below.
 from __future__ import annotations
 
 from functools import lru_cache
+from math import gcd
 from pathlib import Path
 from typing import Literal
 
@@ -90,12 +91,27 @@ class AudioSettings(BaseModel):
         "wv", "ape", "tta", "asf", "avi", "flv", "mpegts", "ac3", "eac3", "amr",
     )
 
+    # Longest hole in a stream (in its start_sample clock, or in seq x frame_seconds) that
+    # the monitor fills with silence; a larger one restarts the windowing at the new
+    # position. The hole's size comes from the producer, so it is never filled beyond this.
+    max_gap_seconds: float = Field(10.0, ge=0, le=3600)
+    # Sample rates the monitor accepts; a frame at any other rate is dead-lettered
+    # (``unsupported_rate``): odd rates need resampling filters of millions of taps.
+    supported_sample_rates: tuple[int, ...] = (8000, 11_025, 16_000, 22_050, 24_000, 32_000,
+                                               44_100, 48_000, 88_200, 96_000)
+
     @model_validator(mode="after")
     def _hop_fits(self) -> AudioSettings:
         if self.hop_seconds > self.window_seconds:
             raise ValueError("audio.hop_seconds must not exceed audio.window_seconds")
         if self.min_clip_seconds > self.window_seconds:
             raise ValueError("audio.min_clip_seconds must not exceed audio.window_seconds")
+        for rate in (*self.supported_sample_rates, self.wire_sample_rate):
+            for target in (22_050, 44_100):  # the front ends' rates
+                # the ratio's larger term sets the filter length (audio.resample.MAX_TAPS)
+                if not 8000 <= rate <= 192_000 or max(rate, target) // gcd(rate, target) > 1024:
+                    raise ValueError(f"audio.supported_sample_rates: {rate} Hz cannot be "
+                                     f"resampled to {target} Hz with a bounded filter")
         return self
 
 

@@ -4,14 +4,48 @@ Producers may send any rate; the front end wants its own (44.1 kHz for HPCP). Re
 each 0.5 s frame on its own would put a filter transient at every frame boundary, so this
 keeps the last few input samples as history and computes every output sample from the
 whole stream, exactly as an offline resampler would (up to float rounding).
+
+The filter length grows with the rate ratio's terms (an odd rate such as 191,999 Hz against
+44.1 kHz would need tens of millions of taps), and rates come from producers: a ratio whose
+filter exceeds ``MAX_TAPS`` is refused with :class:`UnsupportedRate`, and filters are
+designed once per ratio (``_design``'s cache), not per stream or per frame.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from math import gcd
 
 import numpy as np
 from scipy.signal import firwin, upfirdn
+
+# Longest polyphase filter built (taps): a ratio whose larger term is at most 1024, at 16 half
+# taps per phase. 8 kHz -> 44.1 kHz (441/80) needs 14,113; every rate in
+# audio.supported_sample_rates fits (config.AudioSettings checks the same bound).
+MAX_TAPS = 2 * 16 * 1024 + 1
+
+
+class UnsupportedRate(ValueError):
+    """A rate pair whose resampling filter would be longer than ``MAX_TAPS``."""
+
+
+def filter_taps(in_rate: int, out_rate: int, half_taps: int = 16) -> int:
+    """Length of the filter converting ``in_rate`` to ``out_rate`` (1: no filter needed)."""
+    if in_rate <= 0 or out_rate <= 0:
+        raise UnsupportedRate(f"sample rates must be positive, got {in_rate} -> {out_rate}")
+    g = gcd(in_rate, out_rate)
+    up, down = out_rate // g, in_rate // g
+    return 1 if up == down else 2 * half_taps * max(up, down) + 1
+
+
+@lru_cache(maxsize=64)
+def _design(up: int, down: int, half_taps: int) -> np.ndarray:
+    """The (read-only, shared) anti-aliasing filter of one ratio."""
+    factor = max(up, down)
+    n = 2 * half_taps * factor + 1
+    h = (firwin(n, 0.95 / factor, window=("kaiser", 8.0)) * up).astype(np.float64)
+    h.flags.writeable = False
+    return h
 
 
 class StreamResampler:
@@ -24,6 +58,10 @@ class StreamResampler:
     """
 
     def __init__(self, in_rate: int, out_rate: int, half_taps: int = 16) -> None:
+        taps = filter_taps(in_rate, out_rate, half_taps)
+        if taps > MAX_TAPS:
+            raise UnsupportedRate(f"resampling {in_rate} Hz to {out_rate} Hz needs a filter of "
+                                  f"{taps} taps (the limit is {MAX_TAPS})")
         g = gcd(in_rate, out_rate)
         self.up = out_rate // g
         self.down = in_rate // g
@@ -32,9 +70,8 @@ class StreamResampler:
         self.identity = self.up == self.down
         if self.identity:
             return
-        factor = max(self.up, self.down)
-        n = 2 * half_taps * factor + 1
-        self.h = (firwin(n, 0.95 / factor, window=("kaiser", 8.0)) * self.up).astype(np.float64)
+        n = taps
+        self.h = _design(self.up, self.down, half_taps)
         self.delay = (n - 1) // 2
         taps_in = -(-n // self.up) + 1
         self.keep = taps_in + self.down + 2

@@ -6,24 +6,35 @@ sees duplicates, holes and (rarely) swapped frames. :class:`Sequencer` turns tha
 ordered list of actions the monitor applies to its audio buffer:
 
 * ``deliver`` — append this frame's samples;
-* ``silence`` — a hole of at most ``max_gap_frames`` frames was given up on: insert that many
-  samples of silence first, so the stream clock stays right;
-* ``discontinuity`` — a hole larger than that: restart the windowing at the new position
-  (the accumulated evidence stays);
+* ``silence`` — a hole of at most ``max_gap_frames`` frames and at most ``max_gap_samples``
+  samples was given up on: insert that many samples of silence first, so the stream clock
+  stays right;
+* ``discontinuity`` — a hole larger than either: restart the windowing at the new position
+  (the accumulated evidence stays). A hole is never filled beyond ``max_gap_samples``: its
+  size comes from the producer (``start_sample``), so it is untrusted;
 * ``drop`` — a duplicate, or a frame that arrived after its place was given up (``late``).
 
 A frame that arrives early waits in a small reorder buffer (``reorder_frames``); when the
 buffer is full the oldest hole is given up. Nothing here does I/O, so every rule is tested.
+
+Memory is bounded whatever the numbering: the reorder buffer holds at most
+``reorder_frames + 1`` frames, and the given-up sequence numbers (to tell ``late`` from
+``duplicate``) are kept as at most :data:`SKIPPED_RANGES` ranges, so a jump of 10⁷ in
+``seq`` costs one range, not a set of ten million numbers.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
 T = TypeVar("T")
 
 ActionKind = Literal["deliver", "silence", "discontinuity", "drop"]
+
+# Given-up seq ranges remembered for the late/duplicate distinction (oldest forgotten first).
+SKIPPED_RANGES = 64
 
 
 @dataclass(frozen=True)
@@ -53,14 +64,20 @@ class Sequencer(Generic[T]):
     reorder_frames: int = 4
     next_seq: int = 0
     next_sample: int = 0
+    # Largest hole (in samples) filled with silence; None: bounded by max_gap_frames only.
+    max_gap_samples: int | None = None
     pending: dict[int, Slot[T]] = field(default_factory=dict)
-    # Recently given-up sequence numbers, to tell a late frame from a duplicate.
-    skipped: set[int] = field(default_factory=set)
+    # Recently given-up sequence numbers as half-open ranges [lo, hi), newest last.
+    skipped: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=SKIPPED_RANGES))
+
+    def was_skipped(self, seq: int) -> bool:
+        """Whether ``seq`` is in a recently given-up hole (a late frame, not a duplicate)."""
+        return any(lo <= seq < hi for lo, hi in self.skipped)
 
     def push(self, slot: Slot[T]) -> list[Action[T]]:
         """Accept one frame; returns the actions it releases, in order."""
         if slot.seq < self.next_seq:
-            reason = "late" if slot.seq in self.skipped else "duplicate"
+            reason = "late" if self.was_skipped(slot.seq) else "duplicate"
             return [Action("drop", slot, reason=reason)]
         if slot.seq in self.pending:
             return [Action("drop", slot, reason="duplicate")]
@@ -101,9 +118,8 @@ class Sequencer(Generic[T]):
         first = min(self.pending)
         slot = self.pending[first]
         missing = first - self.next_seq
-        self.skipped.update(range(self.next_seq, first))
-        if len(self.skipped) > 256:
-            self.skipped = {q for q in self.skipped if q >= first - 256}
+        if missing > 0:
+            self.skipped.append((self.next_seq, first))
         if slot.start_sample > self.next_sample:
             self._hole(actions, slot, missing_frames=missing)
             self.next_sample = slot.start_sample
@@ -113,12 +129,12 @@ class Sequencer(Generic[T]):
         gap = slot.start_sample - self.next_sample
         if gap <= 0:
             return
-        if missing_frames <= self.max_gap_frames:
+        small = self.max_gap_samples is None or gap <= self.max_gap_samples
+        if missing_frames <= self.max_gap_frames and small:
             actions.append(Action("silence", slot, samples=gap, reason=f"{missing_frames} frame(s) missing"))
         else:
-            actions.append(
-                Action("discontinuity", slot, samples=gap, reason=f"{missing_frames} frames missing")
-            )
+            why = f"{missing_frames} frames missing" if small else f"a hole of {gap} samples"
+            actions.append(Action("discontinuity", slot, samples=gap, reason=why))
         self.next_sample = slot.start_sample
 
     def state(self) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from monitor_world import WIRE_RATE, World
 
 from consumers.engine import build_engine
 from consumers.pipeline import InRecord, Pipeline
+from streamcover.audio.frontend import FeatureStream
 from streamcover.events import AudioFrame, MatchEvent, StreamState, decode_any, encode
 
 
@@ -98,13 +99,13 @@ def test_batched_features_decide_as_record_by_record(world: World, engine: Any) 
 def test_checkpoint_is_small_and_valid(world: World, engine: Any) -> None:
     recs = _records(world, {"live": (world.copy_of("work-0", 60.0), "live")})
     out = Pipeline(world.settings, engine).process(recs[:-1])  # no eos yet
-    states = [decode_any(v) for _, k, v in out.states if not k.startswith("__mark__")]
+    states = [decode_any(v) for _, k, v in out.states if not k.startswith("__mark__") and v is not None]
     assert len(states) == 1 and isinstance(states[0], StreamState)
     st = states[0]
     assert st.stream_id == "live" and not st.finished and st.next_window >= 4
     assert st.embedding_matrix().shape == (len(st.chunk_index), 512)
     assert st.feature_matrix().shape[0] == 12
-    assert max(len(v) for _, _, v in out.states) < 64_000
+    assert max(len(v or b"") for _, _, v in out.states) < 64_000
 
 
 def test_eviction_finishes_idle_stream(world: World, engine: Any) -> None:
@@ -147,7 +148,7 @@ def test_frames_on_wire_are_decodable(world: World) -> None:
     frames = frames_of(world.settings, "s", np.zeros(WIRE_RATE, dtype=np.float32), "upload")
     decoded = [decode_any(f) for f in frames]
     assert all(isinstance(f, AudioFrame) for f in decoded)
-    assert decoded[-1].eos and encode(decoded[0]) == frames[0]
+    assert isinstance(decoded[-1], AudioFrame) and decoded[-1].eos and encode(decoded[0]) == frames[0]
 
 
 
@@ -169,3 +170,244 @@ def test_setlist_on_demand_and_unknown_stream(world: World, engine: Any) -> None
     assert ev.kind == "setlist" and [i.reference_id for i in ev.setlist] == ["work-0", "work-2"]
     assert ev.setlist[-1].stream_span.end > ev.setlist[-1].stream_span.start
     assert [d.reason for d in out.dead_letters] == ["unknown_stream"]
+
+
+# ---- hostile input and faults (docs/monitor.md "Fault tolerance") ------------------------------
+
+def _frame(sid: str, seq: int, start: int, n: int = 11_025, rate: int = WIRE_RATE, eos: bool = False,
+           fill: float = 0.1) -> bytes:
+    return encode(AudioFrame.from_samples(np.full(n, fill, dtype=np.float32), stream_id=sid, seq=seq,
+                                          start_sample=start, sample_rate=rate, source="upload", eos=eos))
+
+
+def _renumber(recs: list[InRecord], ts_ms: int = 0) -> list[InRecord]:
+    return [InRecord("audio", 0, i, r.key, r.value, ts_ms) for i, r in enumerate(recs)]
+
+
+def _ends(events: list[MatchEvent], sid: str) -> list[MatchEvent]:
+    return [e for e in events if e.stream_id == sid and e.kind == "final"]
+
+
+def test_probe_huge_start_sample_is_dead_lettered_and_the_next_upload_ends(world: World, engine: Any) -> None:
+    """The issue's probe: a normal frame, then seq 1 at start_sample 10**13 (36 TiB of
+    'silence' before), then a normal 30 s upload."""
+    import tracemalloc
+
+    probe = [InRecord("audio", 0, 0, b"probe", _frame("probe", 0, 0), 0),
+             InRecord("audio", 0, 1, b"probe", _frame("probe", 1, 10**13), 0)]
+    normal = _records(world, {"normal": (world.copy_of("work-1", 30.0), "upload")})
+    recs = _renumber(probe + normal)
+    pipe = Pipeline(world.settings, engine)
+    tracemalloc.start()
+    out = pipe.process(recs)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert [(d.reason, d.offset) for d in out.dead_letters] == [("implausible_position", 1)]
+    assert len(_ends(out.events, "normal")) == 1
+    assert [e.reference_id for e in out.events if e.kind == "match"] == ["work-1"]
+    assert peak < 200e6, peak
+    assert out.offsets[0] <= len(recs) and "probe" in pipe.streams  # the probe stream is still open
+
+
+def test_gap_beyond_max_gap_seconds_restarts_instead_of_silence(world: World, engine: Any) -> None:
+    import tracemalloc
+
+    pipe = Pipeline(world.settings, engine)
+    step = 11_025
+    far = 40 * step  # 20 s, > audio.max_gap_seconds, behind consecutive seq numbers
+    # seq 1 is lost (its hole is filled once the reorder buffer gives up on it), then seq 7
+    # starts 20 s late: the windowing restarts there instead
+    frames = [_frame("g", 0, 0)] + [_frame("g", q, q * step) for q in range(2, 7)]
+    frames.append(_frame("g", 7, 7 * step + far))
+    pipe.process(_renumber([InRecord("a", 0, 0, b"g", f, 0) for f in frames]))
+    assert pipe.metrics.frames_converted.labels("gap_silence")._value.get() == 1
+    assert pipe.metrics.frames_dropped.labels("gap_restart")._value.get() == 1
+    assert pipe.streams["g"].grid_origin == 7 * step + far
+    # a seq jump of 10**7 on an end-of-stream frame: bounded memory, one final
+    tracemalloc.start()
+    out = pipe.process([InRecord("a", 0, 7, b"g", _frame("g", 10**7, 8 * step + far, eos=True), 0)])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50e6, peak
+    assert len(_ends(out.events, "g")) == 1
+
+
+def test_unsupported_sample_rate_is_dead_lettered(world: World, engine: Any) -> None:
+    pipe = Pipeline(world.settings, engine)
+    recs = _renumber([InRecord("a", 0, 0, b"odd", _frame("odd", 0, 0, rate=191_999), 0),
+                      InRecord("a", 0, 0, b"ok", _frame("ok", 0, 0, n=24_000, rate=48_000), 0)])
+    out = pipe.process(recs)
+    assert [d.reason for d in out.dead_letters] == ["unsupported_rate"]
+    assert "191999" in out.dead_letters[0].detail
+    assert set(pipe.streams) == {"ok"} and pipe.streams["ok"].sample_rate == 48_000
+
+
+class _Exploding(FeatureStream):
+    """A feature stream whose next push fails (a fault inside the batched front end)."""
+
+    def _accept(self, samples: np.ndarray) -> Any:
+        raise FloatingPointError("injected front-end fault")
+
+
+def _three(world: World) -> list[InRecord]:
+    return _records(world, {"a": (world.copy_of("work-1", 45.0), "upload"),
+                            "bad": (world.copy_of("work-2", 45.0), "upload"),
+                            "c": (world.copy_of("work-0", 45.0), "live")})
+
+
+def _without(events: list[MatchEvent], sid: str) -> list[tuple[str, str, str | None, float, float]]:
+    return [_key(e) for e in events if e.stream_id != sid]
+
+
+def _inject_and_run(world: World, engine: Any, inject: Any) -> tuple[Pipeline, list[Any], list[InRecord]]:
+    recs = _three(world)
+    pipe = Pipeline(world.settings, engine)
+    outs = [pipe.process(recs[:30])]
+    inject(pipe.streams["bad"])
+    outs += [pipe.process(recs[b : b + 40]) for b in range(30, len(recs), 40)]
+    return pipe, outs, recs
+
+
+@pytest.mark.parametrize("phase", ["features", "decision", "record"])
+def test_a_fault_in_one_stream_ends_it_and_spares_the_others(world: World, engine: Any, phase: str) -> None:
+    def boom(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError(f"injected {phase} fault")
+
+    def inject(rt: Any) -> None:
+        if phase == "features":
+            rt.fstream.__class__ = _Exploding
+        elif phase == "decision":
+            rt.matcher.on_window = boom
+        else:
+            rt.seq.push = boom
+
+    whole = Pipeline(world.settings, engine).process(_three(world)).events
+    pipe, outs, recs = _inject_and_run(world, engine, inject)
+    events = [e for o in outs for e in o.events]
+    dead = [d for o in outs for d in o.dead_letters]
+    assert len(dead) == 1 and dead[0].reason == "processing_error" and "injected" in dead[0].detail
+    assert dead[0].key == b"bad" and dead[0].offset >= 30
+    # the others decide exactly what they decide without the fault
+    assert _without(events, "bad") == _without(whole, "bad")
+    assert len(_ends(events, "bad")) == 1  # the failed stream is closed with a final
+    assert pipe.streams == {} and outs[-1].offsets[0] == len(recs)
+    # a crash right after the faulty batch: the replay from its commit neither fails again
+    # nor loses or repeats an event
+    k = next(i for i, o in enumerate(outs) if o.dead_letters)
+    again = Pipeline(world.settings, engine)
+    for o in outs[: k + 1]:
+        for p, key, v in o.states:
+            again.load_state(p, key, v)
+    replay = again.process(recs[outs[k].offsets[0] :])
+    assert replay.dead_letters == []
+    before = [e for o in outs[: k + 1] for e in o.events]
+    assert sorted(_key(e) for e in before + replay.events) == sorted(_key(e) for e in events)
+
+
+def test_a_failing_encoder_batch_is_retried_window_by_window(world: World, engine: Any) -> None:
+    import dataclasses
+
+    class OnlySingles:
+        """Returns non-finite vectors for batches of more than one window."""
+
+        def __init__(self, real: Any) -> None:
+            self.real = real
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+        def embed_chunks(self, batch: np.ndarray) -> np.ndarray:
+            emb = np.asarray(self.real.embed_chunks(batch), dtype=np.float32)
+            return emb if len(batch) == 1 else emb * np.nan
+
+    flaky = dataclasses.replace(engine, encoder=OnlySingles(engine.encoder))
+    recs = _three(world)
+    want = Pipeline(world.settings, engine).process(recs)
+    got = Pipeline(world.settings, flaky).process(recs)
+    assert got.dead_letters == [] and [_key(e) for e in got.events] == [_key(e) for e in want.events]
+
+
+def test_finished_streams_are_tombstoned_once_the_offset_passes(world: World, engine: Any) -> None:
+    recs = _records(world, {"short": (world.copy_of("work-2", 8.0), "upload"),
+                            "long": (world.copy_of("work-1", 40.0), "upload")})
+    pipe = Pipeline(world.settings, engine)
+    end_short = max(r.offset for r in recs if r.key == b"short")
+    first = pipe.process(recs[: end_short + 1])
+    states = {k: v for _, k, v in first.states if v is not None}
+    short = decode_any(states["short"])
+    assert isinstance(short, StreamState) and short.finished
+    assert first.offsets[0] <= end_short  # "long" holds the offset back: no tombstone yet
+    assert "short" in pipe.closing
+    rest = pipe.process(recs[end_short + 1 :])
+    tomb = [k for _, k, v in rest.states if v is None]
+    assert sorted(tomb) == ["long", "short"] and pipe.closing == {}
+    # after the tombstones a restart holds nothing of them
+    again = Pipeline(world.settings, engine)
+    for o in (first, rest):
+        for p, k, v in o.states:
+            again.load_state(p, k, v)
+    assert again.restored == {} and again.closing == {}
+
+
+def test_orphaned_checkpoint_is_finished_by_record_time_and_releases_the_offset(world: World, engine: Any) -> None:
+    import time
+
+    recs = _records(world, {"orphan": (world.copy_of("work-1", 40.0), "upload")})
+    first = Pipeline(world.settings, engine).process(recs[:50])  # no end of stream
+    held = first.offsets[0]
+    assert held < 50
+    idle = world.settings.monitor.idle_evict_seconds
+    # the checkpoint was written idle + 30 s before the partition's newest record
+    for i, (p, k, v) in enumerate(first.states):
+        st = decode_any(v) if v is not None else None
+        if isinstance(st, StreamState):
+            old = st.model_copy(update={"updated_at": st.updated_at - idle - 30})
+            first.states[i] = (p, k, encode(old))
+    later_ms = int(time.time() * 1000)
+    other = [InRecord("audio", 0, 50 + i, r.key, r.value, later_ms)
+             for i, r in enumerate(_records(world, {"other": (world.copy_of("work-0", 6.0), "upload")}))]
+    for ts in (0, later_ms):
+        second = Pipeline(world.settings, engine)
+        for p, k, v in first.states:
+            second.load_state(p, k, v)
+        recs2 = [InRecord(r.topic, r.partition, r.offset, r.key, r.value, ts) for r in other[:3]]
+        out = second.process(recs2)
+        if ts == 0:  # no record time, wall clock not quiet yet: the checkpoint still waits
+            assert "orphan" in second.restored and out.offsets[0] == held
+            continue
+        assert "orphan" not in second.restored
+        assert [e.kind for e in out.events if e.stream_id == "orphan"] == ["final"]
+        assert out.offsets[0] == 50 > held  # released (up to the new stream's first record)
+        assert ("orphan" in [k for _, k, v in out.states if v is None])
+    # a quiet partition: the wall clock alone, idle_evict_seconds after the state was read
+    quiet = Pipeline(world.settings, engine)
+    for p, k, v in first.states:
+        quiet.load_state(p, k, v)
+    assert quiet.process([], now=time.time() + 1).events == []
+    out = quiet.process([], now=time.time() + idle + 1)
+    assert [e.kind for e in out.events] == ["final"] and quiet.restored == {}
+
+
+def test_ten_thousand_finished_states_load_small_and_are_tombstoned(world: World, engine: Any) -> None:
+    import time
+    import tracemalloc
+
+    recs = _records(world, {"done": (world.copy_of("work-1", 25.0), "upload")})
+    [st] = [decode_any(v) for _, k, v in Pipeline(world.settings, engine).process(recs).states
+            if k == "done" and v is not None]
+    assert isinstance(st, StreamState) and st.finished and st.chunk_index
+    values = [encode(st.model_copy(update={"stream_id": f"done-{i}", "resume_offset": i}))
+              for i in range(10_000)]
+    pipe = Pipeline(world.settings, engine)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    for i, v in enumerate(values):
+        pipe.load_state(0, f"done-{i}", v)
+    seconds = time.perf_counter() - t0
+    kept = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(pipe.closing) == 10_000 and pipe.restored == {}
+    assert kept < 8e6, kept  # ~three integers per finished stream, not its embeddings
+    assert seconds < 30, seconds
+    out = pipe.process([InRecord("audio", 0, 10_000, b"x", b"\xc1", 0)])
+    assert sum(1 for _, _, v in out.states if v is None) == 10_000 and pipe.closing == {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from streamcover.match.sequence import Action, Sequencer, Slot
+from streamcover.match.sequence import SKIPPED_RANGES, Action, Sequencer, Slot
 
 N = 100  # samples per frame
 
@@ -101,3 +101,36 @@ def test_random_shuffles_deliver_each_frame_at_most_once_in_order() -> None:
         silence = sum(a.samples for a in out if a.kind in ("silence", "discontinuity"))
         # the stream clock is exact: delivered + filled = whole stream up to the last frame
         assert len(delivered) * N + silence == (max(delivered) + 1) * N
+
+
+def test_time_hole_beyond_max_gap_samples_is_a_discontinuity_not_silence() -> None:
+    s: Sequencer[int] = Sequencer(max_gap_frames=20, reorder_frames=0, max_gap_samples=5 * N)
+    s.push(_slot(0))
+    small = s.push(_slot(1, start=N + 5 * N))  # exactly the limit: filled
+    assert _kinds(small) == [("silence", 1, 5 * N), ("deliver", 1, 0)]
+    big = s.push(_slot(2, start=7 * N + 5 * N + 1))  # one sample more, consecutive seq
+    assert _kinds(big) == [("discontinuity", 2, 5 * N + 1), ("deliver", 2, 0)]
+    assert "hole of" in big[0].reason
+    # a few missing frames whose hole is far too long: also a restart
+    far = s.push(_slot(5, start=10**13))
+    assert [a.kind for a in far] == ["discontinuity", "deliver"] and far[0].samples > 10**12
+
+
+def test_huge_seq_jump_costs_one_range_and_late_frames_are_still_told_apart() -> None:
+    import tracemalloc
+
+    s: Sequencer[int] = Sequencer(max_gap_frames=3, reorder_frames=0)
+    s.push(_slot(0))
+    tracemalloc.start()
+    out = s.push(_slot(10**7, start=N))  # no time hole: a renumbering, delivered
+    out += s.flush()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1_000_000, peak  # the old set of skipped numbers took 577 MB here
+    assert [a.kind for a in out] == ["deliver"] and len(s.skipped) == 1
+    assert s.push(_slot(5 * 10**6, start=N))[0].reason == "late"
+    assert s.push(_slot(0))[0].reason == "duplicate"
+    for k in range(1, 200):  # many holes: only the newest SKIPPED_RANGES are kept
+        s.push(_slot(10**7 + 2 * k, start=(k + 1) * N))
+    assert len(s.skipped) <= SKIPPED_RANGES
+    assert s.push(_slot(10**7 + 2 * 199 - 1, start=N))[0].reason == "late"
