@@ -47,6 +47,13 @@ class KafkaSettings(BaseModel):
     max_message_bytes: int = Field(8_388_608, ge=1024)
     # Replicas per topic created by consumers.kafka.ensure_topics (1 for the local broker).
     topic_replication_factor: int = Field(1, ge=1)
+    # Consumer group liveness: a member silent this long is dropped and its partitions move
+    # (a paused monitor is fenced after it, docs/monitor.md "Fencing"). The broker bounds it
+    # (group.min.session.timeout.ms, 6 s by default).
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    # The broker aborts a transaction left open this long (a monitor killed mid-batch).
+    transaction_timeout_ms: int = Field(60_000, ge=1000)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -90,7 +97,6 @@ class AudioSettings(BaseModel):
         "wav", "w64", "flac", "mp3", "ogg", "mov", "matroska", "aac", "aiff", "caf", "au",
         "wv", "ape", "tta", "asf", "avi", "flv", "mpegts", "ac3", "eac3", "amr",
     )
-
     # Longest hole in a stream (in its start_sample clock, or in seq x frame_seconds) that
     # the monitor fills with silence; a larger one restarts the windowing at the new
     # position. The hole's size comes from the producer, so it is never filled beyond this.
@@ -201,6 +207,13 @@ class CatalogSettings(BaseModel):
     # what sets p99 on a small shared machine (streamcover.device.configure_search_threads).
     search_threads: int = Field(1, ge=0)
     snapshot_poll_seconds: float = Field(5.0, gt=0)
+    # Hop between reference chunks (`catalog add` / `reembed`); query windows keep
+    # audio.hop_seconds. A denser reference grid bounds how far off it a query can start
+    # (half this hop); measured in docs/results/2026-12-03-reference-grid.md.
+    reference_hop_seconds: float = Field(5.0, gt=0, le=60)
+    # Cap on a reference's `extra` metadata (JSON bytes), checked at catalog time: it is
+    # copied into every match event, which must fit the broker's max.message.bytes.
+    max_extra_bytes: int = Field(4096, ge=0, le=262_144)
 
 
 class MatchSettings(BaseModel):
@@ -261,6 +274,31 @@ class MonitorSettings(BaseModel):
     instance_id: str = "0"
     # Upper bound for the seconds a poll may block, so batching and eviction stay responsive.
     poll_timeout_ms: int = Field(100, ge=1)
+    # Reading a partition's checkpoints back at assignment: each attempt must reach the state
+    # partition's end (last stable offset) within this many seconds; after this many failed
+    # attempts the monitor stops with exit code 74 (docs/monitor.md "Broker faults").
+    state_load_timeout_s: float = Field(60.0, gt=0)
+    state_load_attempts: int = Field(3, ge=1)
+    # How long the monitor keeps reconnecting (with backoff) to an unreachable broker before
+    # it exits with code 75 for its supervisor to restart it.
+    broker_retry_seconds: float = Field(300.0, gt=0)
+
+
+class VerifySettings(BaseModel):
+    """Stage 3: local alignment of the query's features against the best MaxMean candidates.
+
+    MaxMean compares bags of chunk embeddings and ignores their order; the alignment
+    (streamcover.match.align, Qmax with OTI transposition) checks that the same chroma
+    progression plays in the same order, and the fused score (streamcover.match.fusion)
+    is what upload decisions threshold. Off, uploads are decided on MaxMean alone and
+    match.threshold must be set for that scale (docs/monitor.md, "Calibration").
+    """
+
+    enabled: bool = True
+    # Stage-2 leaders (by MaxMean) that are aligned; the cost of a window is bounded by it.
+    candidates: int = Field(8, ge=1, le=256)
+    # Query features kept per stream for the alignment (the first seconds of the stream).
+    max_query_seconds: float = Field(480.0, gt=0, le=3600)
 
 
 class TrainSettings(BaseModel):
@@ -287,6 +325,7 @@ class Settings(BaseSettings):
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     match: MatchSettings = Field(default_factory=MatchSettings)
+    verify: VerifySettings = Field(default_factory=VerifySettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     cache_dir: Path = Field(default_factory=default_cache_dir)

@@ -10,7 +10,9 @@ the candidates' concatenated chunks and per-reference ``reduceat`` maxima (the v
 ``streamcover.model.maxmean.set_score`` defines); for the
 top hits, the alignment: for each query chunk, the best reference chunk, its time
 offset and the similarity. References that stage 1 does
-not reach are not scored (ByteCover3 gives them similarity 0).
+not reach are not scored (ByteCover3 gives them similarity 0). Stage 3, when the caller
+passes the query's features: the leaders are aligned against their stored features and
+re-ranked by the fused detection score (``streamcover.match.verify``).
 
 Exhaustive mode scores every live reference with the same score, for evaluation
 and for measuring how much stage 1 loses.
@@ -29,10 +31,11 @@ import numpy as np
 
 from streamcover.catalog.index import CATALOG_DEFAULTS, SearchView, SnapshotWatcher
 from streamcover.catalog.store import ModelMismatchError, normalise_rows
+from streamcover.match.verify import Verifier
 from streamcover.model.maxmean import SCORE_RULES, ScoreRule, combine_directions
 
 if TYPE_CHECKING:
-    from streamcover.config import CatalogSettings
+    from streamcover.config import CatalogSettings, VerifySettings
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,12 @@ class SearchHit:
     stage1_sim: float = float("nan")
     catalog_version: int = -1
     model_id: str | None = None
+    # Stage 3 (``streamcover.match.verify``): with query features, ``score`` is the fused
+    # detection score in (0, 1) and ``maxmean`` the stage-2 score; ``align_score`` is NaN for
+    # candidates that were not aligned. Without them ``score`` is the stage-2 score.
+    maxmean: float = float("nan")
+    align_score: float = float("nan")
+    verified: bool = False
 
 
 class Stage1Memo:
@@ -101,6 +110,7 @@ class TwoStageSearcher:
         screen_leaders: int = CATALOG_DEFAULTS.stage2_screen_leaders,
         centroid_candidates: int = CATALOG_DEFAULTS.centroid_candidates,
         score_rule: ScoreRule = CATALOG_DEFAULTS.score_rule,
+        verifier: Verifier | None = None,
     ) -> None:
         if score_rule not in SCORE_RULES:
             raise ValueError(f"unknown score rule {score_rule!r}; expected one of {SCORE_RULES}")
@@ -115,6 +125,7 @@ class TwoStageSearcher:
         self.max_candidates = max_candidates
         self.model_id = model_id
         self.device = device
+        self.verifier = verifier
         if model_id is not None:
             self._check_model(self.view, model_id)
 
@@ -127,8 +138,12 @@ class TwoStageSearcher:
         watch: bool = False,
         model_id: str | None = None,
         verify: bool = True,
+        verify_settings: VerifySettings | None = None,
     ) -> TwoStageSearcher:
         """A searcher on a catalog directory; ``watch`` starts a :class:`SnapshotWatcher`.
+
+        Stage 3 follows ``verify_settings`` (default: the settings' ``verify``); ``verify``
+        is about checking the snapshot's files on load.
 
         It also caps this process's faiss and BLAS threads at ``search_threads``
         (:func:`streamcover.device.configure_search_threads`).
@@ -137,6 +152,7 @@ class TwoStageSearcher:
         from streamcover.device import configure_search_threads
 
         s = settings or get_settings().catalog
+        verifier = Verifier.from_settings(verify_settings or get_settings().verify)
         configure_search_threads(s.search_threads)
         path = Path(catalog_path) if catalog_path is not None else s.path
         source: SearchView | SnapshotWatcher
@@ -148,7 +164,8 @@ class TwoStageSearcher:
         return cls(source, top_k=s.top_k, max_candidates=s.max_candidates, refine=s.stage1_refine,
                    fetch_factor=s.stage1_fetch_factor, model_id=model_id,
                    screen=s.stage2_screen, screen_leaders=s.stage2_screen_leaders,
-                   centroid_candidates=s.centroid_candidates, score_rule=s.score_rule)
+                   centroid_candidates=s.centroid_candidates, score_rule=s.score_rule,
+                   verifier=verifier)
 
     @property
     def view(self) -> SearchView:
@@ -362,11 +379,15 @@ class TwoStageSearcher:
         exhaustive: bool = False,
         chunk_ids: Sequence[Hashable] | None = None,
         memo: Stage1Memo | None = None,
+        query_features: np.ndarray | None = None,
     ) -> list[SearchHit]:
         """Ranked references for a query of M chunk embeddings [M, D] starting at ``query_starts``.
 
         A stream that queries repeatedly passes stable ``chunk_ids`` and its own
-        :class:`Stage1Memo`, so only its new chunks are searched in stage 1.
+        :class:`Stage1Memo`, so only its new chunks are searched in stage 1. With
+        ``query_features`` (the front end's frames [bins, T] from the query's start) and
+        stage 3 on, the stage-2 leaders are aligned and ranked by the fused score
+        (:mod:`streamcover.match.verify`).
         """
         view = self.view
         q, starts = self._prepare(view, query_vectors, query_starts, model_id)
@@ -375,14 +396,26 @@ class TwoStageSearcher:
             s1 = np.full(keys.shape[0], np.nan, np.float32)
         else:
             keys, s1 = self.candidates(view, q, chunk_ids, memo)
+        verifier = self.verifier if query_features is not None else None
+        leaders = top_n if verifier is None else max(top_n, verifier.candidates)
         aligned: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         screen = not exhaustive and self.screens(view)
-        scores = self.rerank(view, q, keys, exact_top=self.leaders(top_n, screen),
+        scores = self.rerank(view, q, keys, exact_top=self.leaders(leaders, screen),
                              alignments=aligned, screen=screen)
-        order = np.argsort(-scores, kind="stable")[:top_n]
-        meta = view.metadata([int(keys[i]) for i in order])
+        order = np.argsort(-scores, kind="stable")[:leaders]
+        stage2 = scores[order]
+        final = stage2
+        align_scores = np.full(order.shape[0], np.nan, np.float32)
+        if verifier is not None and query_features is not None and order.size:
+            refs = [view.ref_features(int(keys[i])) for i in order[: verifier.candidates]]
+            refs += [None] * (order.size - len(refs))
+            checked = verifier.verify(query_features, refs, stage2)
+            final, align_scores = checked.fused, checked.align
+        rank = np.argsort(-final, kind="stable")[:top_n]
+        meta = view.metadata([int(keys[order[r]]) for r in rank])
         hits = []
-        for i in order:
+        for r in rank:
+            i = order[r]
             k = int(keys[i])
             rstarts = view.ref_starts(k)
             best, bsim = aligned[k] if k in aligned else self.align(view, q, k)
@@ -392,10 +425,11 @@ class TwoStageSearcher:
             ]
             md = meta.get(k, {})
             hits.append(SearchHit(
-                reference_id=str(md.get("id", k)), score=float(scores[i]), metadata=md,
+                reference_id=str(md.get("id", k)), score=float(final[r]), metadata=md,
                 alignment=align, ref_key=k, ref_chunks=[int(b) for b in best],
                 stage1_sim=float(s1[i]), catalog_version=view.store_version,
-                model_id=view.model_id,
+                model_id=view.model_id, maxmean=float(stage2[r]),
+                align_score=float(align_scores[r]), verified=verifier is not None,
             ))
         return hits
 

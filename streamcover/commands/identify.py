@@ -1,14 +1,17 @@
 """`streamcover identify FILE`: which catalogued recordings does this audio contain, and where?
 
-Embeds FILE with the catalog's encoder (20 s chunks, 10 s hop), runs the two-stage
-search (HNSW top-K per chunk, then MaxMean re-ranking) and prints the top matches
-with scores and, for each query chunk, the best-matching time in the reference.
+Embeds FILE with the catalog's encoder (20 s chunks, 10 s hop), runs the same search as
+the monitor (HNSW top-K per chunk, MaxMean re-ranking, then stage 3: alignment of the
+file's features against the leaders, fused into one detection score) and prints the top
+matches with scores, the verdict at ``match.threshold`` and, for each query chunk, the
+best-matching time in the reference.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 
@@ -59,30 +62,42 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(f"{args.file} is shorter than {settings.audio.min_clip_seconds} s")
     try:
         hits = searcher.search(emb.vectors, emb.starts, top_n=args.top,
-                               model_id=encoder.model_id, exhaustive=args.exhaustive)
+                               model_id=encoder.model_id, exhaustive=args.exhaustive,
+                               query_features=emb.features)
     except CatalogError as exc:
         raise CliError(str(exc)) from exc
     window = settings.audio.window_seconds
+    threshold = settings.match.threshold
     if args.json:
         print(json.dumps([{
-            "reference_id": h.reference_id, "score": round(h.score, 4), "metadata": h.metadata,
+            "reference_id": h.reference_id, "score": round(h.score, 4),
+            "maxmean": round(h.maxmean, 4),
+            "alignment_score": None if math.isnan(h.align_score) else round(h.align_score, 4),
+            "match": rank == 0 and h.score >= threshold, "threshold": threshold,
+            "metadata": h.metadata,
             "alignment": [{"query_start_s": a, "ref_start_s": b, "sim": round(c, 4)}
                           for a, b, c in h.alignment],
-        } for h in hits]))
+        } for rank, h in enumerate(hits)]))
         return 0
     table = Table(title=f"{args.file.name}: {len(emb)} chunk(s), catalog version "
                         f"{searcher.view.store_version}")
-    for col in ("#", "score", "id", "title", "artist", "query → reference (sim)"):
+    for col in ("#", "score", "maxmean", "align", "id", "title", "artist",
+                "query → reference (sim)"):
         table.add_column(col, overflow="fold")
     for rank, h in enumerate(hits, 1):
         align = "\n".join(
             f"{_fmt_t(q)}-{_fmt_t(q + window)} → {_fmt_t(r)}-{_fmt_t(r + window)} ({s:.2f})"
             for q, r, s in h.alignment
         )
-        table.add_row(str(rank), f"{h.score:.3f}", h.reference_id,
+        table.add_row(str(rank), f"{h.score:.3f}", f"{h.maxmean:.3f}",
+                      "" if math.isnan(h.align_score) else f"{h.align_score:.3f}",
+                      h.reference_id,
                       str(h.metadata.get("title") or ""), str(h.metadata.get("artist") or ""),
                       align)
     Console().print(table)
-    if not hits:
-        print("no matches")
+    if hits and hits[0].score >= threshold:
+        print(f"match: {hits[0].reference_id} (score {hits[0].score:.3f} >= threshold {threshold})")
+    else:
+        best = f" (best {hits[0].score:.3f})" if hits else ""
+        print(f"no match at threshold {threshold}{best}")
     return 0
