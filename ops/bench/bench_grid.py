@@ -16,6 +16,15 @@ SQLite, index snapshot, stored features). ``--out`` saves the JSON.
 
     nice -n 10 .venv/bin/python ops/bench/bench_grid.py --packages nexuiz-music,drascula-music
 
+``--latency-shs NPZ`` measures search latency per reference hop instead: ``--recordings``
+SHS100K-TEST recordings embedded at each hop (their stored features too), grown with
+fitted distractors (``bench_catalog.make_grown_catalog``) to ``--grow-to`` chunks, and
+queried by 60 s clips of other SHS recordings (5 chunks on the query grid), timing stage 1
+(candidates) and stage 2 (MaxMean re-rank) as ``bench_catalog.py`` does.
+
+    nice -n 10 .venv/bin/python ops/bench/bench_grid.py \
+        --latency-shs ../shared/data/shs100k_test_hpcp_u8.npz --recordings 1000 --grow-to 1000000
+
 The packages that trained the shipped model (warzone2100-music, wesnoth-1.16-music,
 supertux-data) are refused.
 """
@@ -68,7 +77,9 @@ def package_tracks(package: str, cache: Path, min_bytes: int) -> list[Path]:
     out = subprocess.run(["bash", str(PROJECT_ROOT / "ops" / "fetch-debian-media.sh"), package],
                          check=True, capture_output=True, text=True)
     root = Path(out.stdout.strip().splitlines()[-1])
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    # Resolved and de-duplicated: some packages link one directory under several names.
+    files = sorted({p.resolve() for p in root.rglob("*")
+                    if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()})
     for pk3 in sorted(root.rglob("*.pk3")):
         dest = cache / "pk3" / package / pk3.stem
         with zipfile.ZipFile(pk3) as z:
@@ -216,6 +227,103 @@ def summarise(rows: list[dict[str, Any]], threshold: float) -> list[dict[str, An
     return out
 
 
+def latency(args: argparse.Namespace, encoder: Any) -> dict[str, Any]:
+    """Stage-1/2 latency per reference hop on real SHS embeddings grown to ``--grow-to``."""
+    import faiss
+
+    from streamcover.catalog.index import IndexParams, SearchView, build_snapshot
+    from streamcover.catalog.search import TwoStageSearcher
+    from streamcover.catalog.store import Catalog, ReferenceInput, normalise_rows
+    from streamcover.train.shs import load_shs
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_catalog import make_grown_catalog
+
+    tracks = load_shs(args.latency_shs).tracks
+    fps = tracks.frames_per_second
+    order = np.random.default_rng(7).permutation(len(tracks))
+    rng = np.random.default_rng(8)
+    clip = round(60.0 * fps)
+    queries = []
+    for i in order[: args.queries].tolist():
+        f = tracks.feature(i)
+        start = int(rng.integers(0, max(1, f.shape[1] - clip + 1)))
+        emb = encoder.embed_features(f[:, start: start + clip])
+        if len(emb) == 5:
+            queries.append((normalise_rows(emb.vectors, "query"), emb.starts))
+    refs = order[args.queries: args.queries + args.recordings].tolist()
+    cs = get_settings().catalog
+    params = IndexParams.from_settings(cs)
+    out: dict[str, Any] = {"recordings": len(refs), "queries": len(queries), "hops": {}}
+    for hop in (float(h) for h in args.hops.split(",")):
+        real = args.cache / f"shs-hop{hop:g}-n{len(refs)}-{encoder.model_id}"
+        t0 = time.perf_counter()
+        if not (real / "catalog.sqlite").exists():
+            tmp = real.with_name(real.name + ".tmp")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            with Catalog.open(tmp, "a", model_id=encoder.model_id) as cat:
+                for lo in range(0, len(refs), 200):
+                    batch = []
+                    for i in refs[lo: lo + 200]:
+                        f = tracks.feature(i)
+                        emb = encoder.embed_features(f, hop_seconds=hop)
+                        if len(emb):
+                            batch.append(ReferenceInput(tracks.track_ids[i], emb.vectors,
+                                                        emb.starts, features=f))
+                    cat.add_references(batch, encoder.model_id, reference_hop_s=hop,
+                                       feature_fps=fps)
+            tmp.rename(real)
+        embed_s = time.perf_counter() - t0
+        path = real
+        if args.grow_to:
+            path = real.with_name(f"{real.name}-grow{args.grow_to}")
+            make_grown_catalog(path, real, args.grow_to)
+        t1 = time.perf_counter()
+        faiss.omp_set_num_threads(args.build_threads)
+        with Catalog.open(path, "r") as cat:
+            n_chunks = cat.stats()["chunks"]
+            snap = build_snapshot(cat, params)
+        build_s = time.perf_counter() - t1
+        faiss.omp_set_num_threads(1)
+        view = SearchView.open(path, verify=True)
+        searcher = TwoStageSearcher.open(path, cs, model_id=encoder.model_id)
+        for q, st in queries[:20]:  # warm the maps and the graph
+            searcher.search(q, st, top_n=10)
+        total, s1, s2, cand = [], [], [], []
+        for q, st in queries:
+            a = time.perf_counter()
+            searcher.search(q, st, top_n=10)
+            total.append(1000 * (time.perf_counter() - a))
+            a = time.perf_counter()
+            keys, _ = searcher.candidates(view, q)
+            b = time.perf_counter()
+            screen = searcher.screens(view)
+            searcher.rerank(view, q, keys, exact_top=searcher.leaders(10, screen), screen=screen)
+            s2.append(1000 * (time.perf_counter() - b))
+            s1.append(1000 * (b - a))
+            cand.append(len(keys))
+        index_bytes = (snap / "index.faiss").stat().st_size
+        row = {"chunks": n_chunks, "embed_s": embed_s, "build_s": build_s,
+               "index_bytes_per_chunk": index_bytes / n_chunks,
+               "p50_ms": float(np.percentile(total, 50)), "p99_ms": float(np.percentile(total, 99)),
+               "stage1_p50_ms": float(np.median(s1)), "stage2_p50_ms": float(np.median(s2)),
+               "candidates_p50": float(np.median(cand))}
+        out["hops"][f"{hop:g}"] = row
+        print(f"hop {hop:g}: {json.dumps(row)}", file=sys.stderr, flush=True)
+        searcher.close()
+    print(f"\n{len(refs)} SHS recordings per hop, grown to {args.grow_to or 'no'} chunks; "
+          f"{len(queries)} queries of 60 s (5 chunks)")
+    print("| ref hop | chunks | index B/chunk | p50 ms | p99 ms | stage 1 p50 | stage 2 p50 | "
+          "candidates |")
+    print("|---|---|---|---|---|---|---|---|")
+    for hop, r in out["hops"].items():
+        print(f"| {hop} s | {r['chunks']:,} | {r['index_bytes_per_chunk']:.0f} | "
+              f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['stage1_p50_ms']:.1f} | "
+              f"{r['stage2_p50_ms']:.1f} | {r['candidates_p50']:.0f} |")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -232,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
                     default=PROJECT_ROOT / get_settings().encoder.model_path)
     ap.add_argument("--cache", type=Path, default=default_cache_dir() / "bench" / "grid")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--latency-shs", type=Path, default=None, metavar="SHS_NPZ",
+                    help="measure search latency per hop on SHS embeddings instead")
+    ap.add_argument("--recordings", type=int, default=1000, help="latency: SHS references")
+    ap.add_argument("--queries", type=int, default=300, help="latency: 60 s queries")
+    ap.add_argument("--grow-to", type=int, default=0, help="latency: grow each catalog to N chunks")
+    ap.add_argument("--build-threads", type=int, default=2)
     args = ap.parse_args(argv)
 
     import faiss
@@ -242,6 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     encoder = Encoder.from_checkpoint(args.checkpoint, device="cpu")
+    if args.latency_shs is not None:
+        res = latency(args, encoder)
+        if args.out:
+            args.out.write_text(json.dumps(res, indent=1))
+        return 0
     paths = [p for pkg in args.packages.split(",")
              for p in package_tracks(pkg, args.cache, min_bytes=200_000)]
     if args.max_tracks:
