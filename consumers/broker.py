@@ -13,6 +13,11 @@ and :class:`KafkaBroker` runs ONE combined broker+controller (KRaft, no ZooKeepe
 5. ready once an admin metadata call (aiokafka) lists the broker;
 6. stop with SIGTERM (Kafka's controlled shutdown), SIGKILL after a grace period.
 
+The SASL password never appears on a command line (``ps`` shows those to every user) or in
+printed output: the PLAIN JAAS entry sits in ``server.properties`` and the SCRAM users in a
+JVM argument file, both written mode 0600, the argument file removed once storage is
+formatted; ``broker run`` names a 0600 file holding the password instead of printing it.
+
 Its command line is ``streamcover broker run|fetch``, which calls :func:`cli_main`.
 """
 
@@ -464,7 +469,7 @@ class KafkaBroker:
             else:
                 keystore = None
             props = self.work_dir / "server.properties"
-            props.write_text(self._server_properties(keystore))
+            write_private(props, self._server_properties(keystore))
             classpath = ":".join(str(j) for j in sorted(libs.glob("*.jar")))
             self._cds_args = self._class_data_sharing(libs)
             t_launch = time.monotonic()
@@ -594,14 +599,33 @@ class KafkaBroker:
         )
         return []
 
-    def _format(self, classpath: str, props: Path) -> None:
-        cmd = [*self._jvm(classpath), *self._cds_args, "kafka.tools.StorageTool", "format",
-               "-t", self.cluster_id, "-c", str(props), "--ignore-formatted"]
+    def format_command(self, classpath: str, props: Path, argfile: Path) -> list[str]:
+        """The StorageTool command line; its main class and arguments (with the SCRAM
+        credentials) go into ``argfile`` (mode 0600), which the java launcher expands, so
+        the password is never in the process's command line."""
+        tool = ["kafka.tools.StorageTool", "format", "-t", self.cluster_id, "-c", str(props),
+                "--ignore-formatted"]
         if self.sasl_ssl:
             for mech in ("SCRAM-SHA-512", "SCRAM-SHA-256"):
-                cmd += ["--add-scram",
-                        f"{mech}=[name={self.sasl_username},password={self.sasl_password}]"]
-        _run_checked(cmd, f"formatting KRaft storage ({props})")
+                tool += ["--add-scram",
+                         f"{mech}=[name={self.sasl_username},password={self.sasl_password}]"]
+        write_private(argfile, "".join(_argfile_line(a) for a in tool))
+        return [*self._jvm(classpath), *self._cds_args, f"@{argfile}"]
+
+    def password_file(self) -> Path:
+        """A file (mode 0600, in the work directory) holding the SASL password."""
+        assert self.work_dir is not None
+        path = self.work_dir / "sasl-password"
+        write_private(path, self.sasl_password)
+        return path
+
+    def _format(self, classpath: str, props: Path) -> None:
+        argfile = props.with_name("storage-format.args")
+        try:
+            _run_checked(self.format_command(classpath, props, argfile),
+                         f"formatting KRaft storage ({props})")
+        finally:
+            argfile.unlink(missing_ok=True)
 
     def _launch(self, classpath: str, props: Path) -> None:
         assert self.work_dir is not None
@@ -685,14 +709,35 @@ class KafkaBroker:
         return code
 
 
-def measure_startup(runs: int = 3, **broker_kwargs: Any) -> list[float]:
-    """Start and stop a broker ``runs`` times; the launch-to-ready seconds of each run."""
-    times: list[float] = []
-    for _ in range(runs):
-        with KafkaBroker(**broker_kwargs) as b:
-            assert b.startup_seconds is not None
-            times.append(b.startup_seconds)
-    return times
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600 from creation on)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _argfile_line(arg: str) -> str:
+    """One argument of a java launcher @-file, quoted (backslash escapes inside quotes)."""
+    if "\n" in arg or "\r" in arg:
+        raise BrokerError("a broker argument may not contain a line break")
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"\n'
+
+
+def env_lines(broker: KafkaBroker) -> list[str]:
+    """The ``STREAMCOVER_KAFKA__*`` lines ``broker run`` prints; the password by file only."""
+    lines = [f"STREAMCOVER_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap_servers}"]
+    if broker.sasl_ssl:
+        lines += [
+            "# SASL_SSL listener:",
+            f"STREAMCOVER_KAFKA__BOOTSTRAP_SERVERS={broker.sasl_ssl_bootstrap_servers}",
+            "STREAMCOVER_KAFKA__SECURITY_PROTOCOL=SASL_SSL",
+            "STREAMCOVER_KAFKA__SASL_MECHANISM=SCRAM-SHA-512",
+            f"STREAMCOVER_KAFKA__SASL_USERNAME={broker.sasl_username}",
+            f'STREAMCOVER_KAFKA__SASL_PASSWORD="$(cat {broker.password_file()})"',
+            f"STREAMCOVER_KAFKA__SSL_CAFILE={broker.ssl_cafile}",
+        ]
+    return lines
 
 
 # --------------------------------------------------------------------------- CLI
@@ -725,15 +770,8 @@ def cli_main(args: argparse.Namespace) -> int:
         ) as broker:
             print(f"kafka {broker.version} ready in {broker.startup_seconds:.1f} s "
                   f"(log: {broker.log_path})")
-            print(f"STREAMCOVER_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap_servers}")
-            if broker.sasl_ssl:
-                print("# SASL_SSL listener:")
-                print(f"STREAMCOVER_KAFKA__BOOTSTRAP_SERVERS={broker.sasl_ssl_bootstrap_servers}")
-                print("STREAMCOVER_KAFKA__SECURITY_PROTOCOL=SASL_SSL")
-                print("STREAMCOVER_KAFKA__SASL_MECHANISM=SCRAM-SHA-512")
-                print(f"STREAMCOVER_KAFKA__SASL_USERNAME={broker.sasl_username}")
-                print(f"STREAMCOVER_KAFKA__SASL_PASSWORD={broker.sasl_password}")
-                print(f"STREAMCOVER_KAFKA__SSL_CAFILE={broker.ssl_cafile}")
+            for line in env_lines(broker):
+                print(line)
             print("Ctrl-C or SIGTERM stops the broker.", flush=True)
             while True:
                 code = broker.poll()

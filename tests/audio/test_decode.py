@@ -395,3 +395,23 @@ def test_truncated_preview_is_not_an_error(tmp_path: Path) -> None:
     write_media(path, "matroska", "flac", seconds=10.0)
     _cut(path)
     assert len(load_audio(path, 22_050, max_seconds=2.0)) == 2 * 22_050
+
+
+def test_catalog_add_and_identify_decode_through_the_same_guards(tmp_path: Path) -> None:
+    """``catalog add`` and ``identify`` embed files with Encoder.embed: the same refusals."""
+    from streamcover.config import Settings
+    from streamcover.model.config import EncoderConfig
+    from streamcover.model.inference import Encoder
+
+    tiny = {"layers": (1, 1, 1, 1), "widths": (4, 8, 8, 16), "stem_channels": 8}
+    enc = Encoder.untrained(EncoderConfig.compact("hpcp", **tiny), seed=1,
+                            settings=Settings(_env_file=None, encoder={"threads": 1}))
+    target = tmp_path / "a.flac"
+    write_media(target, "flac", "flac", seconds=12.0)
+    script = tmp_path / "b.mp3"
+    script.write_text(f"ffconcat version 1.0\nfile '{target.name}'\n")
+    with pytest.raises(UnsafeInputError):
+        enc.embed(script)
+    _cut(target)
+    with pytest.raises(TruncatedAudioError):
+        enc.embed(target)

@@ -149,3 +149,80 @@ def test_broker_exposes_secured_listener(kafka_broker: KafkaBroker) -> None:
     assert kafka_broker.sasl_ssl_bootstrap_servers != kafka_broker.bootstrap_servers
     assert kafka_broker.ssl_cafile is not None and kafka_broker.ssl_cafile.is_file()
     assert kafka_broker.sasl_username and kafka_broker.sasl_password
+
+
+# ---- the broker's own secret: never on a command line, never printed -------------------------
+
+
+def _cmdlines() -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                out[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue  # exited meanwhile, or not ours to read
+    return out
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_session_broker_keeps_its_password_off_command_lines_and_logs(
+    kafka_broker: KafkaBroker,
+) -> None:
+    secret = kafka_broker.sasl_password.encode()
+    proc = kafka_broker._proc
+    assert proc is not None and proc.poll() is None
+    jvm = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+    assert b"kafka.Kafka" in jvm and secret not in jvm
+    assert secret not in kafka_broker.log_path.read_bytes()
+    assert kafka_broker.work_dir is not None
+    props = kafka_broker.work_dir / "server.properties"
+    assert _mode(props) == 0o600 and secret in props.read_bytes()  # the PLAIN JAAS entry
+    assert not (kafka_broker.work_dir / "storage-format.args").exists()
+
+
+def test_broker_run_prints_a_password_file_not_the_password(kafka_broker: KafkaBroker) -> None:
+    from consumers.broker import env_lines
+
+    lines = env_lines(kafka_broker)
+    assert not any(kafka_broker.sasl_password in line for line in lines)
+    (line,) = [line for line in lines if line.startswith("STREAMCOVER_KAFKA__SASL_PASSWORD=")]
+    path = Path(line.split("$(cat ", 1)[1].rstrip(')"'))
+    assert _mode(path) == 0o600 and path.read_text() == kafka_broker.sasl_password
+
+
+@pytest.mark.slow
+def test_storage_format_never_shows_the_password_to_ps(tmp_path: Path) -> None:
+    """Watch every process's command line while a SASL broker formats and starts."""
+    import threading
+
+    secret = "pw" + "0123456789abcdef" * 2
+    seen: list[int] = []
+    java_seen: set[int] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for pid, cmd in _cmdlines().items():
+                if b"java" in cmd or b"StorageTool" in cmd:
+                    java_seen.add(pid)
+                if secret.encode() in cmd:
+                    seen.append(pid)
+            done.wait(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with KafkaBroker(sasl_ssl=True, sasl_password=secret, data_dir=tmp_path / "b") as broker:
+            settings = broker.client_settings(secure=True, audio_topic="t.secret")
+            assert asyncio.run(_round_trip(settings, b"x")) == b"x"  # the SCRAM user exists
+            assert _mode(tmp_path / "b" / "server.properties") == 0o600
+            assert secret.encode() not in broker.log_path.read_bytes()
+    finally:
+        done.set()
+        watcher.join()
+    assert len(java_seen) >= 2  # StorageTool's JVM and the broker's were both watched
+    assert seen == []
