@@ -11,12 +11,13 @@ import av
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer
+from monitor_world import World
 
 from consumers.kafka import consumer_kwargs
 from consumers.producer import CaptureBuffer, send_files
 from streamcover.audio.decode import TruncatedAudioError, UnsafeInputError
 from streamcover.config import KafkaSettings, Settings
-from streamcover.events import AudioFrame, decode
+from streamcover.events import AudioFrame, decode, encode
 
 
 def test_capture_buffer_drops_beyond_its_bound_and_says_where() -> None:
@@ -112,3 +113,27 @@ async def test_a_refused_file_sends_nothing(kafka_settings: KafkaSettings, tmp_p
         await send_files(Settings(kafka=kafka_settings), [script], "refused", "upload",
                          realtime=False)
     assert await _read_all(kafka_settings, expect_eos=False) == []
+
+
+def test_the_monitor_core_ends_an_aborted_stream_with_its_verdict(world: World) -> None:
+    """An aborted eos is an end like any other: the stream gets its final at once."""
+    from consumers.engine import build_engine
+    from consumers.pipeline import InRecord, Pipeline
+
+    rate = world.settings.audio.wire_sample_rate
+    wave = world.copy_of("work-1", 30.0)[: 25 * rate]  # the upload broke off at 25 s
+    step = round(world.settings.audio.frame_seconds * rate)
+    frames = [AudioFrame.from_samples(wave[i:i + step], stream_id="cut", seq=k, start_sample=i,
+                                      sample_rate=rate, source="upload")
+              for k, i in enumerate(range(0, len(wave) - step + 1, step))]
+    n = len(frames)
+    frames.append(AudioFrame.from_samples(np.zeros(0, np.float32), stream_id="cut", seq=n,
+                                          start_sample=n * step, sample_rate=rate, source="upload",
+                                          eos=True, aborted="TruncatedAudioError: truncated"))
+    recs = [InRecord("audio", 0, i, b"cut", encode(f), 0) for i, f in enumerate(frames)]
+    pipe = Pipeline(world.settings, build_engine(world.settings))
+    out = pipe.process(recs)
+    assert out.dead_letters == []
+    finals = [e for e in out.events if e.stream_id == "cut" and e.kind == "final"]
+    assert len(finals) == 1 and finals[0].reference_id == "work-1"
+    assert "cut" not in pipe.streams or pipe.streams["cut"].finished
