@@ -3,8 +3,9 @@
 Usage:
     .venv/bin/python ops/train/ship-model.py RUN_DIR EVAL_JSON [OUT]
 
-Refuses to ship unless the model beats the untrained encoder on the test split's
-full-length mAP (EVAL_JSON must hold both; see `streamcover eval --baselines untrained`).
+Refuses to ship (exit 1) unless the model beats the untrained encoder on the test split's
+full-length mAP; exit 2 when RUN_DIR has no usable best.pt or EVAL_JSON does not hold both
+(see `streamcover eval --baselines untrained`). docs/training.md, "Releasing a model".
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from streamcover.model.checkpoint import load_checkpoint, save_checkpoint
+from streamcover.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def main(argv: list[str]) -> int:
@@ -22,16 +23,26 @@ def main(argv: list[str]) -> int:
         return 2
     run_dir, eval_json = Path(argv[0]), Path(argv[1])
     out = Path(argv[2]) if len(argv) == 3 else Path("models/streamcover-hpcp-compact.pt")
-    loaded = load_checkpoint(run_dir / "best.pt")
-    doc = json.loads(eval_json.read_text(encoding="utf-8"))
-    results = doc["results"]
-    model_key = next((k for k in results if k.startswith("model")), None)
-    base_key = next((k for k in results if k.startswith("untrained")), None)
-    if model_key is None or base_key is None:
-        print(f"{eval_json} needs both the model and the untrained baseline", file=sys.stderr)
+    try:
+        loaded = load_checkpoint(run_dir / "best.pt")
+    except CheckpointError as exc:
+        print(f"cannot ship: {exc}", file=sys.stderr)
         return 2
-    m_full = results[model_key]["full"]["map"]
-    b_full = results[base_key]["full"]["map"]
+    try:
+        doc = json.loads(eval_json.read_text(encoding="utf-8"))
+        results = doc["results"]
+        model_key = next((k for k in results if k.startswith("model")), None)
+        base_key = next((k for k in results if k.startswith("untrained")), None)
+        if model_key is None or base_key is None:
+            print(f"{eval_json} needs both the model and the untrained baseline",
+                  file=sys.stderr)
+            return 2
+        m_full = float(results[model_key]["full"]["map"])
+        b_full = float(results[base_key]["full"]["map"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        print(f"{eval_json} is not an eval.json of `streamcover eval`: {exc!r}",
+              file=sys.stderr)
+        return 2
     if not m_full > b_full:
         print(f"not shipping: model full-length mAP {m_full:.4f} <= untrained {b_full:.4f}",
               file=sys.stderr)
