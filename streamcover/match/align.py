@@ -118,26 +118,16 @@ def embed_frames(x: np.ndarray, dim: int, delay: int) -> tuple[np.ndarray, np.nd
     return np.ascontiguousarray(np.concatenate(parts, axis=1)), voiced
 
 
-@numba.njit(cache=True, nogil=True)
-def _nearest_mask(d: np.ndarray, k: int) -> np.ndarray:  # pragma: no cover - compiled
+def _nearest_mask(d: np.ndarray, k: int) -> np.ndarray:
     """Per row of ``d``, True at exactly its ``k`` smallest entries (ties: lowest index)."""
-    n_rows, n_cols = d.shape
-    out = np.zeros((n_rows, n_cols), np.bool_)
-    for i in range(n_rows):
-        row = d[i]
-        thr = np.partition(row.copy(), k - 1)[k - 1]
-        need = k
-        for j in range(n_cols):
-            if row[j] < thr:
-                out[i, j] = True
-                need -= 1
-        for j in range(n_cols):
-            if need <= 0:
-                break
-            if row[j] == thr:
-                out[i, j] = True
-                need -= 1
-    return out
+    mask = d <= np.partition(d, k - 1, axis=1)[:, k - 1 : k]
+    tied = np.flatnonzero(mask.sum(axis=1) > k)  # rare: equal distances (silence, copies)
+    if len(tied):
+        exact = np.zeros((len(tied), d.shape[1]), bool)
+        idx = np.argsort(d[tied], axis=1, kind="stable")[:, :k]
+        np.put_along_axis(exact, idx, True, axis=1)
+        mask[tied] = exact
+    return mask
 
 
 def _mutual_knn(q: np.ndarray, q_voiced: np.ndarray, r: np.ndarray, r_voiced: np.ndarray,
@@ -148,7 +138,7 @@ def _mutual_knn(q: np.ndarray, q_voiced: np.ndarray, r: np.ndarray, r_voiced: np
     k_row = max(1, min(n2, round(kappa * n2)))
     k_col = max(1, min(n1, round(kappa * n1)))
     rows = _nearest_mask(d, k_row)
-    cols = _nearest_mask(np.ascontiguousarray(d.T), k_col).T
+    cols = _nearest_mask(d.T, k_col).T
     rec = rows & cols & q_voiced[:, None] & r_voiced[None, :]
     return rec.astype(np.uint8)
 
@@ -243,13 +233,16 @@ def _align_prepared(q: _Prepared, reference: np.ndarray, *, dim: int, delay: int
     if len(q.emb) == 0 or len(ref) <= span:
         return empty
     best = empty
+    r_emb, r_voiced = embed_frames(ref, dim, delay)
+    blocks = r_emb.reshape(len(r_emb), dim, N_BINS)
     for shift in oti_shifts(q.frames, ref, transpositions):
-        r_emb, r_voiced = embed_frames(np.roll(ref, int(shift), axis=1), dim, delay)
-        rec = _mutual_knn(q.emb, q.voiced, r_emb, r_voiced, kappa)
+        # Rolling each embedded frame's 12-bin blocks = embedding the rolled reference.
+        rolled = np.ascontiguousarray(np.roll(blocks, int(shift), axis=2).reshape(r_emb.shape))
+        rec = _mutual_knn(q.emb, q.voiced, rolled, r_voiced, kappa)
         value, (si, sj), (ei, ej) = qmax(rec, gap_onset, gap_extend)
         if value > best.qmax:
             best = Alignment(
-                score=value / min(len(q.emb), len(r_emb)), qmax=value,
+                score=value / min(len(q.emb), len(rolled)), qmax=value,
                 query_span=(si, ei + span + 1), reference_span=(sj, ej + span + 1),
                 shift=int(shift), query_frames=len(q.frames), reference_frames=len(ref))
         elif best is empty:
