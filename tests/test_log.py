@@ -72,3 +72,52 @@ def test_demoted_records_show_at_info_when_asked_for(capsys: pytest.CaptureFixtu
                               (kafka_errors.GroupCoordinatorNotAvailableError(),), None)
     TransientKafkaFilter().filter(other)
     assert other.levelno == logging.ERROR  # only aiokafka's own records are demoted
+
+
+class _Seen(logging.Handler):
+    """Collects records as the handlers before it left them (after the demotion)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.slow
+async def test_first_group_member_on_a_fresh_broker_logs_no_error(
+    restartable_broker: object, json_logs: pytest.CaptureFixture[str]
+) -> None:
+    """What ops/demo.sh showed at every start: a fresh broker has no group coordinator until
+    its offsets topic exists, and aiokafka logs the retried lookups at ERROR."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    from consumers.kafka import consumer_kwargs, ensure_topics
+    from streamcover.config import KafkaSettings
+
+    settings = KafkaSettings(bootstrap_servers=restartable_broker.bootstrap_servers,  # type: ignore[attr-defined]
+                             audio_topic="t.log", group_id="g-log")
+    await ensure_topics(settings, {"t.log": 1})
+    seen = _Seen()
+    logging.getLogger().addHandler(seen)
+    try:
+        consumer = AIOKafkaConsumer("t.log", **consumer_kwargs(settings))
+        await consumer.start()
+        try:
+            async with asyncio.timeout(60):
+                while not consumer.assignment():
+                    await consumer.getmany(timeout_ms=500)
+        finally:
+            await consumer.stop()
+    finally:
+        logging.getLogger().removeHandler(seen)
+    transient = [r for r in seen.records
+                 if any(type(a).__name__ == "GroupCoordinatorNotAvailableError" for a in
+                        (r.args if isinstance(r.args, tuple) else ()))]
+    assert transient, "the broker had a coordinator at once: the condition did not occur"
+    assert all(r.levelno == logging.INFO for r in transient)
+    lines = _lines(json_logs)
+    assert not [line for line in lines if line["level"] == "error"], lines
