@@ -38,14 +38,12 @@ from torch import Tensor, nn
 from streamcover.data.chunker import Chunker
 from streamcover.data.tracks import TrackSet
 from streamcover.device import configure_threads, select_device
-from streamcover.eval.embedders import EncoderEmbedder
-from streamcover.eval.protocols import ChunkSets, full_length, short_queries
 from streamcover.log import get_logger
 from streamcover.model.checkpoint import save_checkpoint
 from streamcover.model.config import EncoderConfig
-from streamcover.model.net import CoverEncoder
 from streamcover.train.batches import Batch, PKBatchSampler
 from streamcover.train.config import DataConfig, OptimConfig, TrainConfig
+from streamcover.train.forward import encode_groups
 from streamcover.train.losses import MultiLoss
 from streamcover.train.state import (
     RunState,
@@ -56,6 +54,7 @@ from streamcover.train.state import (
     load_train_state,
     save_train_state,
 )
+from streamcover.train.validation import ValResult, validate
 from streamcover.train.warm_start import warm_start
 
 __all__ = ["TrainError", "TrainResult", "build_encoder_config", "train"]
@@ -77,79 +76,12 @@ def build_encoder_config(cfg: TrainConfig) -> EncoderConfig:
 
 
 @dataclass
-class ValResult:
-    step: int
-    map_full: float
-    p10_full: float
-    mr1_full: float
-    map_30s: float
-
-    @property
-    def score(self) -> float:
-        """Model selection: the mean of full-length and 30 s mAP, the two targets."""
-        return 0.5 * (self.map_full + self.map_30s)
-
-
-@dataclass
 class TrainResult:
     run_dir: Path
     steps: int
     elapsed_s: float
     best: dict[str, Any] | None
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def validate(model: CoverEncoder, tracks: TrackSet, cfg: TrainConfig, device: torch.device,
-             step: int, chunker: Chunker | None = None) -> ValResult:
-    """Full-length and 30 s-query mAP on held-out works (MaxMean over chunk embeddings)."""
-    emb = EncoderEmbedder(model, tracks.frames_per_second, window_s=cfg.data.window_s,
-                          hop_s=cfg.data.hop_s, min_s=cfg.data.min_s, device=device,
-                          chunker=chunker)
-    refs = ChunkSets.from_list(emb([tracks.feature(i) for i in range(len(tracks))]))
-    # Validation keeps ByteCover3's shorter-first rule, so runs stay comparable with their
-    # earlier logs and plateau schedule (retrieval and `streamcover eval` score length-weighted).
-    full, _ = full_length(refs, tracks.works, rule="shorter_first")
-    short = short_queries(emb, tracks, refs, seconds=(30.0,), seed=cfg.seed, rule="shorter_first")
-    return ValResult(step, full.map, full.p_at_10, full.mr1, short[30.0].map)
-
-
-@contextlib.contextmanager
-def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
-    """BatchNorm in train mode that normalises with batch statistics but leaves running ones."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, mom in zip(bns, saved, strict=True):
-            m.momentum = mom
-
-
-def encode_groups(model: CoverEncoder, groups: list[np.ndarray], owners: list[np.ndarray],
-                  device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Encode chunk-length groups and return (pooled, neck, embedding, owner) sorted by sample.
-
-    The backbone runs one pass per length group. The first group (full windows, the
-    bulk of the batch) updates BatchNorm running statistics; the small groups of short
-    clips use their batch statistics without updating them, so tiny batches do not skew
-    the statistics used at inference. BNNeck and the PCA-FC then run once over all
-    pooled features, as ``CoverEncoder.forward`` does per pass.
-    """
-    pooled_parts = []
-    for g, chunks in enumerate(groups):
-        x = model.normalize_input(model.check_input(torch.from_numpy(chunks).unsqueeze(1).to(device)))
-        x = x.contiguous(memory_format=torch.channels_last)
-        ctx = frozen_bn_stats(model) if g > 0 else contextlib.nullcontext()
-        with ctx:
-            pooled_parts.append(model.pool(model.backbone(x)))
-    owner = torch.from_numpy(np.concatenate(owners)).to(device)
-    order = torch.argsort(owner, stable=True)
-    pooled = torch.cat(pooled_parts)[order]
-    neck = model.neck(pooled)
-    emb = model.fc(neck.to(model.fc.weight.dtype))
-    return pooled, neck, emb, owner[order]
 
 
 def _append_csv(path: Path, row: dict[str, Any], columns: list[str]) -> None:
