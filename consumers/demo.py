@@ -43,8 +43,8 @@ WORKS = [
     ("Slow Comet", "Elsie & The Tides"),
     ("Juniper Road", "The Fold"),
 ]
-UNTRAINED_MATCH = {"threshold": 0.9985, "release_threshold": 0.9975, "change_margin": 0.002,
-                   "update_min_delta": 0.0005}
+UNTRAINED_MATCH = {"threshold": 0.9985, "release_threshold": 0.9975, "live_threshold": 0.9985,
+                   "chunk_threshold": 0.9975, "change_margin": 0.002, "update_min_delta": 0.0005}
 
 
 def build_catalog(path: Path, encoder: Any, works: dict[str, tuple[Score, str]], settings: Settings,

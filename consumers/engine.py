@@ -25,10 +25,6 @@ if TYPE_CHECKING:
 log = get_logger("streamcover.engine")
 
 
-class FeatureStreamLike(Protocol):
-    def push(self, samples: np.ndarray) -> np.ndarray: ...
-
-
 class FrontEndLike(Protocol):
     @property
     def sample_rate(self) -> int: ...
@@ -42,7 +38,8 @@ class FrontEndLike(Protocol):
 class SearcherLike(Protocol):
     def search(self, query_vectors: np.ndarray, query_starts: np.ndarray, *,
                chunk_ids: Sequence[Hashable] | None = None,
-               memo: Stage1Memo | None = None) -> Sequence[Hit]: ...
+               memo: Stage1Memo | None = None,
+               query_features: np.ndarray | None = None) -> Sequence[Hit]: ...
 
 
 class EncoderLike(Protocol):
@@ -120,5 +117,13 @@ def build_engine(settings: Settings, encoder: Any | None = None, trained: bool =
     frontend = make_frontend(settings.frontend)
     # watch=True: a new catalog snapshot is picked up without a restart (hot swap).
     searcher = TwoStageSearcher.open(settings.catalog.path, settings.catalog, watch=True,
-                                     model_id=encoder.model_id)
+                                     model_id=encoder.model_id, verify_settings=settings.verify)
+    if searcher.verifier is not None and searcher.view.feature_fps is None:
+        log.warning(
+            "catalog_without_features",
+            catalog=str(settings.catalog.path),
+            detail="stage 3 is on but the catalog stores no reference features, so every "
+                   "score stays below match.threshold: run `streamcover catalog reembed "
+                   "--force`, or set STREAMCOVER_VERIFY__ENABLED=false with a MaxMean threshold",
+        )
     return Engine(frontend, encoder, searcher, None, trained)

@@ -229,6 +229,12 @@ class MatchSettings(BaseModel):
     threshold: float = Field(0.70, ge=-1, le=1)
     # Hysteresis: an open match is closed only when the score drops below this.
     release_threshold: float = Field(0.56, ge=-1, le=1)
+    # Live set lists work on chunk similarities (MaxMean's cosine scale), not on the fused
+    # stage-3 score: a segment opens when the MaxMean of its newest agreeing chunks reaches
+    # live_threshold; a chunk agrees with a reference when its similarity reaches
+    # chunk_threshold (also what an upload match's aligned span counts).
+    live_threshold: float = Field(0.70, ge=-1, le=1)
+    chunk_threshold: float = Field(0.56, ge=-1, le=1)
     min_chunks: int = Field(1, ge=1)
     # Live streams: chunks of history MaxMean looks at (the sliding horizon).
     horizon_chunks: int = Field(6, ge=1)
@@ -250,6 +256,8 @@ class MatchSettings(BaseModel):
     def _hysteresis(self) -> MatchSettings:
         if self.release_threshold > self.threshold:
             raise ValueError("match.release_threshold must not exceed match.threshold")
+        if self.chunk_threshold > self.live_threshold:
+            raise ValueError("match.chunk_threshold must not exceed match.live_threshold")
         return self
 
 

@@ -214,13 +214,27 @@ class MatchEvent(_Record):
     setlist_omitted: int = Field(default=0, ge=0)
     # ``reference`` metadata was cut to fit the broker's record size (see fit_event).
     reference_truncated: bool = False
+    # Calibrated confidence: false alarms per stream-hour measured on real unrelated music
+    # at ``score`` (``streamcover calibrate``); a consumer picks its own cut with it. When
+    # ``false_alarms_at_floor`` is set no negative reached the score and the value is the
+    # bound 1 / hours measured. None: the model has no calibration.
+    false_alarms_per_hour: float | None = Field(default=None, ge=0)
+    false_alarms_at_floor: bool = False
+    # The stage scores behind ``score`` (the fused stage-3 score when ``alignment_score`` is
+    # set): stage-2 MaxMean and the stage-3 alignment; None when not computed.
+    maxmean: float | None = None
+    alignment_score: float | None = None
 
-    _omit_default: ClassVar[frozenset[str]] = frozenset({"setlist_omitted", "reference_truncated"})
+    _omit_default: ClassVar[frozenset[str]] = frozenset({
+        "setlist_omitted", "reference_truncated", "false_alarms_per_hour",
+        "false_alarms_at_floor", "maxmean", "alignment_score"})
 
     @model_validator(mode="after")
     def _finite(self) -> MatchEvent:
-        for name in ("score", "threshold", "latency_ms", "emitted_at"):
-            if not math.isfinite(getattr(self, name)):
+        for name in ("score", "threshold", "latency_ms", "emitted_at", "false_alarms_per_hour",
+                     "maxmean", "alignment_score"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be finite")
         if self.kind in ("match", "update", "setlist_segment") and self.reference_id is None:
             raise ValueError(f"a {self.kind} event needs a reference_id")

@@ -7,19 +7,22 @@ score of that query against one reference and the per-chunk alignment
 chunk of the reference. MaxMean over any subset of query chunks is the mean of those
 chunks' sims, so the matcher can score a live segment on exactly its own chunks.
 
-Uploads (``source="upload"``):
+Uploads (``source="upload"``), on the hit score (stage 3's fused score when the search
+verified the hit, else MaxMean):
   * ``match`` the first time a reference's score reaches ``threshold`` with ≥ ``min_chunks``;
   * ``update`` when an open match's score grows by ``update_min_delta`` or its aligned
     reference span grows by ``update_min_span_s``;
   * hysteresis: a match is released only when its score falls below ``release_threshold``;
   * ``final`` at end of stream: the best open match, or ``reference_id=None``.
 
-Live streams (``source="live"``): set-list segmentation.
+Live streams (``source="live"``): set-list segmentation, on chunk similarities (the
+cosine scale of MaxMean: ``live_threshold``, ``chunk_threshold``).
   * With no open segment, the newest run of chunks that agree on one reference
-    (each chunk's sim ≥ release) opens a segment once their MaxMean reaches the threshold.
+    (each chunk's sim ≥ ``chunk_threshold``) opens a segment once their MaxMean reaches
+    ``live_threshold``.
   * An open segment continues while the newest chunk still matches its reference. It closes
     when another reference clearly takes the newest chunk, or when ``change_patience_chunks``
-    chunks in a row fall below the release threshold. Boundaries are placed midway through
+    chunks in a row fall below ``chunk_threshold``. Boundaries are placed midway through
     the overlap of the last matching and the first non-matching window (error ≤ hop / 2 when
     windows are classified by majority).
   * Closing emits ``setlist_segment`` (reference, start, end, score); ``setlist`` gives the
@@ -45,7 +48,11 @@ from streamcover.events import EventKind, SourceKind, event_id
 
 
 class Hit(Protocol):
-    """What the catalog search returns per candidate (catalog.search.SearchHit)."""
+    """What the catalog search returns per candidate (catalog.search.SearchHit).
+
+    Hits may also carry the stage scores ``maxmean`` and ``align_score`` (NaN or absent
+    when not computed); decisions pass them on to events.
+    """
 
     @property
     def reference_id(self) -> str: ...
@@ -75,6 +82,9 @@ class Decision:
     setlist: tuple[SetListItem, ...] = ()
     # Earlier set-list entries not in ``setlist`` (MatchEvent.setlist_omitted).
     setlist_omitted: int = 0
+    # The stage scores behind ``score`` (None: not computed): stage-2 MaxMean, stage-3 alignment.
+    maxmean: float | None = None
+    alignment_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,12 @@ def _meta(metadata: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in metadata.items() if v is not None}
 
 
+def _finite_or_none(x: object) -> float | None:
+    if isinstance(x, int | float) and math.isfinite(x):
+        return float(x)
+    return None
+
+
 def _ms(t: float) -> int:
     return round(t * 1000)
 
@@ -148,6 +164,8 @@ class StreamMatcher:
         self.last_boundary = 0.0
         self.handover = -1
         self.last_best: tuple[str | None, float] = (None, 0.0)
+        # reference -> (maxmean, alignment score) of the latest window's hits
+        self.stage_scores: dict[str, tuple[float | None, float | None]] = {}
         self.finished = False
 
     # ---- which chunks form the next query --------------------------------------------------
@@ -182,9 +200,13 @@ class StreamMatcher:
         by_start = {_ms(c.start): c for c in self.chunks}
         metadata: dict[str, dict[str, str]] = {}
         scores: dict[str, float] = {}
+        self.stage_scores = {}
         for hit in hits:
             metadata[hit.reference_id] = _meta(hit.metadata)
             scores[hit.reference_id] = float(hit.score)
+            self.stage_scores[hit.reference_id] = (
+                _finite_or_none(getattr(hit, "maxmean", None)),
+                _finite_or_none(getattr(hit, "align_score", None)))
             for q_start, r_start, sim in hit.alignment:
                 chunk = by_start.get(_ms(q_start))
                 if chunk is not None and math.isfinite(sim):
@@ -201,7 +223,7 @@ class StreamMatcher:
     # ---- uploads -----------------------------------------------------------------------------
     def _ref_span(self, ref: str, chunks: Sequence[_Chunk]) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
         """(query span, reference span) of the chunks that align with ``ref``."""
-        good = [c for c in chunks if c.sims.get(ref, (-1.0, 0.0))[0] >= self.settings.release_threshold]
+        good = [c for c in chunks if c.sims.get(ref, (-1.0, 0.0))[0] >= self.settings.chunk_threshold]
         if not good:
             good = [c for c in chunks if ref in c.sims]
         if not good:
@@ -280,8 +302,8 @@ class StreamMatcher:
             mine = self._sim(newest, seg.reference_id)
             others = [(self._sim(newest, r), r) for r in newest.sims if r != seg.reference_id]
             other_sim, _other = max(others) if others else (0.0, "")
-            taken = other_sim >= s.threshold and other_sim > mine + s.change_margin
-            if mine >= s.release_threshold and not taken:
+            taken = other_sim >= s.live_threshold and other_sim > mine + s.change_margin
+            if mine >= s.chunk_threshold and not taken:
                 seg.misses = 0
                 seg.last_index = index
                 seg_chunks = self._segment_chunks(seg)
@@ -345,7 +367,7 @@ class StreamMatcher:
         for ref in ranked[:3]:
             run: list[_Chunk] = []
             for c in reversed(free):
-                if self._sim(c, ref) >= s.release_threshold and c.start >= self.last_boundary - self.window_s / 2:
+                if self._sim(c, ref) >= s.chunk_threshold and c.start >= self.last_boundary - self.window_s / 2:
                     run.append(c)
                 else:
                     break
@@ -353,7 +375,7 @@ class StreamMatcher:
             if len(run) < s.min_chunks or not run:
                 continue
             score = sum(self._sim(c, ref) for c in run) / len(run)
-            if score < s.threshold:
+            if score < s.live_threshold:
                 continue
             before = next((c for c in self.chunks if c.index == run[0].index - 1), None)
             if run[0].index <= self.handover <= run[-1].index:
@@ -423,13 +445,16 @@ class StreamMatcher:
         ref_span: tuple[float, float] | None,
         index: int,
     ) -> Decision:
+        maxmean, align = (self.stage_scores.get(m.reference_id, (None, None))
+                          if self.source == "upload" else (None, None))
         return Decision(
             kind=kind,
             event_id=event_id(self.stream_id, kind, m.reference_id, _ms(m.start), index),
             stream_id=self.stream_id, source=self.source, reference_id=m.reference_id,
             reference=dict(m.reference), score=float(score), chunks_used=chunks_used,
             stream_span=(float(span[0]), float(max(span[1], span[0]))),
-            reference_span=ref_span, window_index=index,
+            reference_span=ref_span, window_index=index, maxmean=maxmean,
+            alignment_score=align,
         )
 
     # ---- checkpointing -------------------------------------------------------------------------

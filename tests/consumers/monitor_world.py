@@ -29,6 +29,7 @@ from streamcover.config import (
     MatchSettings,
     MonitorSettings,
     Settings,
+    VerifySettings,
 )
 
 WIRE_RATE = 22_050
@@ -84,6 +85,9 @@ class World:
             "STREAMCOVER_ENCODER__THREADS": "1",
             "STREAMCOVER_MATCH__THRESHOLD": str(s.match.threshold),
             "STREAMCOVER_MATCH__RELEASE_THRESHOLD": str(s.match.release_threshold),
+            "STREAMCOVER_MATCH__LIVE_THRESHOLD": str(s.match.live_threshold),
+            "STREAMCOVER_MATCH__CHUNK_THRESHOLD": str(s.match.chunk_threshold),
+            "STREAMCOVER_VERIFY__ENABLED": str(s.verify.enabled).lower(),
             "STREAMCOVER_MATCH__MIN_CHUNKS": str(s.match.min_chunks),
             "STREAMCOVER_MATCH__CHANGE_MARGIN": str(s.match.change_margin),
             "STREAMCOVER_MATCH__UPDATE_MIN_DELTA": str(s.match.update_min_delta),
@@ -94,7 +98,8 @@ class World:
 
 
 def test_settings(kafka: KafkaSettings, catalog: Path, model_path: Path, **match: Any) -> Settings:
-    m: dict[str, Any] = dict(threshold=TEST_THRESHOLD, release_threshold=TEST_RELEASE, min_chunks=1,
+    m: dict[str, Any] = dict(threshold=TEST_THRESHOLD, release_threshold=TEST_RELEASE,
+                             live_threshold=TEST_THRESHOLD, chunk_threshold=TEST_RELEASE, min_chunks=1,
                              change_margin=0.002, update_min_delta=0.0005,
                              horizon_chunks=6)
     m.update(match)
@@ -104,6 +109,8 @@ def test_settings(kafka: KafkaSettings, catalog: Path, model_path: Path, **match
         match=MatchSettings(**m),
         monitor=MonitorSettings(metrics_port=0, idle_evict_seconds=600),
         catalog={"path": catalog},  # type: ignore[arg-type]
+        # The untrained encoder's near-identity thresholds are on MaxMean's scale.
+        verify=VerifySettings(enabled=False),
         encoder={"model_path": model_path, "batch_size": 32, "max_batch_wait_ms": 50, "threads": 1},  # type: ignore[arg-type]
     )
 
