@@ -38,8 +38,9 @@ if ((setup)); then
   fi
 fi
 
-# The project's dependencies the check needs (streamcover imports pydantic-settings).
-probe='import numpy, pydantic_settings, streamcover, torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
+# A Python that can import the check itself (torch, numpy, streamcover and what they pull in).
+probe="import sys; sys.path.insert(0, '$ROOT/ops/bench'); import gpu_check, torch
+print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 py=""
 for cand in "$ROOT/.venv/bin/python" python3.11 python3; do
   command -v "$cand" >/dev/null 2>&1 || continue
@@ -49,7 +50,7 @@ for cand in "$ROOT/.venv/bin/python" python3.11 python3; do
   fi
 done
 if [ -z "$py" ]; then
-  say "no Python here imports numpy, torch, pydantic_settings and streamcover: nothing measured"
+  say "no Python here can import ops/bench/gpu_check.py (torch, numpy, pydantic-settings, ...): nothing measured"
   exit 2
 fi
 say "python: $py ($found)"
