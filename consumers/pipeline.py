@@ -404,7 +404,8 @@ class Pipeline:
         self.clock: dict[int, tuple[float, float]] = {}
         self._rejected: OrderedDict[str, None] = OrderedDict()
         self._batch: Sequence[InRecord] = ()
-        self._current: tuple[str, AudioFrame, int] | None = None  # the frame being handled
+        # The stream of the record being handled (its frame, if it is one) and partition.
+        self._current: tuple[str, AudioFrame | None, int] | None = None
         self._ended_now: set[str] = set()  # streams whose end event this batch emitted
 
     # ---- partition assignment ------------------------------------------------------------------
@@ -598,8 +599,8 @@ class Pipeline:
         if rt is not None:
             self._close_job(rt, jobs, order, now)
             touched[rt.stream_id] = rt
-        elif current is not None:  # it failed before it had a runtime (e.g. its restore)
-            sid, frame, partition = current
+        elif current is not None and (frame := current[1]) is not None:  # no runtime yet (its restore)
+            sid, _, partition = current
             self._close_unopened(sid, frame.source, frame.title, frame.sample_rate, partition,
                                  rec.offset + 1, 0, out, now)
 
@@ -647,6 +648,7 @@ class Pipeline:
         if isinstance(record, SetListRequest):
             if replay:
                 return
+            self._current = (record.stream_id, None, rec.partition)
             rt = self.streams.get(record.stream_id)
             if rt is None and record.stream_id in self.restored:
                 rt = self._restore(record.stream_id)

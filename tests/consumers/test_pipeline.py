@@ -411,3 +411,27 @@ def test_ten_thousand_finished_states_load_small_and_are_tombstoned(world: World
     assert seconds < 30, seconds
     out = pipe.process([InRecord("audio", 0, 10_000, b"x", b"\xc1", 0)])
     assert sum(1 for _, _, v in out.states if v is None) == 10_000 and pipe.closing == {}
+
+
+def test_a_checkpoint_that_does_not_fit_ends_its_stream_not_the_batch(world: World, engine: Any) -> None:
+    """A restored state whose feature tail has the wrong number of bins (another front end,
+    a hand-edited record) fails when new features are appended: that stream is closed with
+    a dead letter and a final, the other stream of the batch decides as usual."""
+    recs = _records(world, {"s": (world.copy_of("work-1", 40.0), "upload")})
+    first = Pipeline(world.settings, engine).process(recs[:50])
+    pipe = Pipeline(world.settings, engine)
+    for p, k, v in first.states:
+        st = decode_any(v) if v is not None else None
+        if isinstance(st, StreamState):
+            tail = st.feature_matrix()
+            v = encode(st.model_copy(update={"feature_bins": 4, "feature_tail": tail[:4].astype("<f4").tobytes()}))
+        pipe.load_state(p, k, v)
+    other = _records(world, {"o": (world.copy_of("work-0", 25.0), "upload")})
+    rest = [InRecord("audio", 0, first.offsets[0] + i, r.key, r.value, 0)
+            for i, r in enumerate(recs[first.offsets[0] :] + other)]
+    out = pipe.process(rest)
+    assert [d.reason for d in out.dead_letters] == ["processing_error"]
+    assert out.dead_letters[0].key == b"s" and "size 4" in out.dead_letters[0].detail
+    assert len(_ends(out.events, "s")) == 1 and len(_ends(out.events, "o")) == 1
+    want = Pipeline(world.settings, engine).process(_renumber(other)).events
+    assert [_key(e) for e in out.events if e.stream_id == "o"] == [_key(e) for e in want]
