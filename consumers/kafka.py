@@ -81,6 +81,7 @@ def producer_kwargs(
     )
     if transactional_id is not None:
         kwargs["transactional_id"] = transactional_id
+        kwargs["transaction_timeout_ms"] = settings.transaction_timeout_ms
     kwargs.update(overrides)
     return kwargs
 
@@ -100,6 +101,8 @@ def consumer_kwargs(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]
         isolation_level="read_committed",
         max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes),
         fetch_max_bytes=max(52_428_800, settings.max_message_bytes),
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=min(settings.heartbeat_interval_ms, settings.session_timeout_ms // 3),
     )
     kwargs.update(overrides)
     return kwargs
@@ -125,11 +128,14 @@ def standard_topics(settings: KafkaSettings) -> dict[str, TopicSpec]:
 
     The state topic is compacted: only the latest checkpoint per stream key is kept.
     Audio has ``audio_partitions`` partitions; the stream id key keeps a stream on one.
+    Every topic gets an explicit ``max.message.bytes`` equal to what the producers may send
+    (``max_message_bytes``), so a broker with a smaller default (1 MiB on a stock broker)
+    cannot reject a record the monitor already decided to write.
     """
     big = {"max.message.bytes": str(settings.max_message_bytes)}
     return {
         settings.audio_topic: TopicSpec(settings.audio_partitions, big),
-        settings.match_topic: TopicSpec(settings.audio_partitions),
+        settings.match_topic: TopicSpec(settings.audio_partitions, big),
         settings.dead_letter_topic: TopicSpec(1, big),
         settings.state_topic: TopicSpec(
             settings.audio_partitions, {**big, "cleanup.policy": "compact"}

@@ -12,13 +12,14 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from streamcover.config import KafkaSettings
 
-_BROKER_FIXTURES = {"kafka_broker", "kafka_settings", "kafka_sasl_settings"}
+_BROKER_FIXTURES = {"kafka_broker", "kafka_settings", "kafka_sasl_settings", "restartable_broker"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -34,6 +35,46 @@ def kafka_broker() -> Iterator[Any]:
 
     with KafkaBroker(sasl_ssl=True) as broker:
         yield broker
+
+
+class RestartableBroker:
+    """A broker of one test's own that can be restarted in place: same port, same data
+    directory (so topics, committed offsets and transactions survive), same cluster id.
+
+    Why a wrapper and not ``kafka_broker``: restarting the session's broker would disturb
+    every other test. ``KafkaBroker`` keeps ``data_dir`` and a requested ``port`` across
+    ``stop()``/``start()``, which is all a restart needs.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        from consumers.broker import KafkaBroker, free_port
+
+        self.broker = KafkaBroker(port=free_port(), data_dir=data_dir)
+        self.restarts = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.broker, name)
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """SIGTERM the broker (controlled shutdown), stay down ``down_s``, start it again."""
+        import time
+
+        self.broker.stop()
+        time.sleep(down_s)
+        self.broker.start()
+        self.restarts += 1
+
+
+@pytest.fixture
+def restartable_broker(tmp_path: Path) -> Iterator[RestartableBroker]:
+    """A function-scoped broker (PLAINTEXT only) that the test may restart mid-stream with
+    ``restartable_broker.restart()``; stopped at the end of the test."""
+    rb = RestartableBroker(tmp_path / "kafka")
+    rb.broker.start()
+    try:
+        yield rb
+    finally:
+        rb.broker.stop()
 
 
 def _unique_names(request: pytest.FixtureRequest) -> dict[str, Any]:
