@@ -1,0 +1,92 @@
+"""The calibrated-confidence lookup: monotone, interpolated, floored where nothing was measured."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamcover.config import PROJECT_ROOT
+from streamcover.match.calibration import (
+    CALIBRATION_FORMAT,
+    Calibration,
+    CalibrationError,
+    curve_points,
+    default_path,
+)
+
+BEST = [0.21, 0.25, 0.25, 0.30, 0.33, 0.41]  # each negative stream's best top score
+HOURS = 3.0
+
+
+def _cal() -> Calibration:
+    s, f = curve_points(BEST, HOURS)
+    return Calibration("m", s, f, HOURS, threshold=0.42, release_threshold=0.336)
+
+
+def test_curve_counts_streams_reaching_each_score() -> None:
+    s, f = curve_points(BEST, HOURS)
+    assert s[0] == 0.0 and s[-1] == 1.0
+    for score, rate in zip(s, f, strict=True):
+        assert rate == pytest.approx(sum(b >= score for b in BEST) / HOURS)
+    assert np.all(np.diff(f) <= 0)
+
+
+def test_lookup_is_monotone_and_interpolated() -> None:
+    cal = _cal()
+    grid = np.linspace(-0.2, 1.0, 241)
+    rates = [cal.false_alarms_per_hour(float(x)) for x in grid]
+    assert np.all(np.diff(rates) <= 1e-12)
+    # at a measured point: the measured rate; between two: between them
+    assert cal.false_alarms_per_hour(0.30) == pytest.approx(3 / HOURS)
+    mid = cal.false_alarms_per_hour(0.315)
+    assert 2 / HOURS < mid < 3 / HOURS
+    assert cal.false_alarms_per_hour(-0.5) == pytest.approx(len(BEST) / HOURS)
+
+
+def test_floor_where_no_negative_reached_the_score() -> None:
+    cal = _cal()
+    assert cal.floor == pytest.approx(1 / HOURS)
+    assert not cal.at_floor(0.41)  # one stream reached it: measured
+    assert cal.false_alarms_per_hour(0.41) == pytest.approx(1 / HOURS)
+    for s in (0.45, 0.7, 0.99):
+        assert cal.at_floor(s)
+        assert cal.false_alarms_per_hour(s) == pytest.approx(cal.floor)
+        assert cal.describe(s) == "< 1 per 3.0 h measured"
+    assert "false alarms/h" in cal.describe(0.3)
+    with pytest.raises(ValueError):
+        cal.false_alarms_per_hour(float("nan"))
+
+
+def test_file_round_trip_and_model_check(tmp_path: Path) -> None:
+    s, f = curve_points(BEST, HOURS)
+    doc = {"format": CALIBRATION_FORMAT, "model_id": "m", "data": {"negative_hours": HOURS},
+           "curve": {"score": s.tolist(), "fa_per_hour": f.tolist()},
+           "operating_point": {"threshold": 0.42, "release_threshold": 0.336}}
+    p = tmp_path / "x.calibration.json"
+    p.write_text(json.dumps(doc))
+    cal = Calibration.load(p, model_id="m")
+    assert cal.threshold == 0.42 and cal.false_alarms_per_hour(0.3) == pytest.approx(1.0)
+    with pytest.raises(CalibrationError, match=r"is for model"):
+        Calibration.load(p, model_id="other")
+    p.write_text(json.dumps({**doc, "format": "nope"}))
+    with pytest.raises(CalibrationError):
+        Calibration.load(p)
+    bad = {**doc, "curve": {"score": [0.0, 0.5, 1.0], "fa_per_hour": [1.0, 2.0, 0.0]}}
+    p.write_text(json.dumps(bad))
+    with pytest.raises(CalibrationError, match="grow"):
+        Calibration.load(p)
+    with pytest.raises(CalibrationError, match="cannot read"):
+        Calibration.load(tmp_path / "missing.json")
+
+
+def test_default_path_and_shipped_file() -> None:
+    model = PROJECT_ROOT / "models" / "streamcover-hpcp-compact.pt"
+    path = default_path(model)
+    assert path.name == "streamcover-hpcp-compact.calibration.json"
+    if path.is_file():  # the shipped calibration reads and is consistent
+        cal = Calibration.load(path)
+        assert cal.threshold is not None and 0 < cal.threshold < 1
+        assert cal.false_alarms_per_hour(cal.threshold) <= 0.1 + 1e-9 or cal.at_floor(cal.threshold)
