@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "embed",
     "train",
     "eval",
+    "calibrate",
     "corpus",
 )
 
