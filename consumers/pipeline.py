@@ -337,9 +337,9 @@ class StreamRuntime:
             last = self.recent[-1] if self.recent else None
             nxt = (last[0] + 1) if last else self.low_water
             resume = (nxt, self.seq.next_seq, self.seq.next_sample)
-        if self.finished:
-            resume = (self.recent[-1][0] + 1 if self.recent else self.low_water,
-                      self.seq.next_seq, self.seq.next_sample)
+        if self.finished:  # past every record of it seen (also dropped ones): see Pipeline._close
+            after = self.recent[-1][0] + 1 if self.recent else self.low_water
+            resume = (max(after, self.last_offset + 1), self.seq.next_seq, self.seq.next_sample)
         self.low_water = resume[0]
         idx = sorted(self.embeddings)
         dim = int(next(iter(self.embeddings.values())).shape[0]) if self.embeddings else 0
@@ -533,10 +533,11 @@ class Pipeline:
         """Delete the checkpoints of finished streams no restart can re-read a frame of."""
         if not self.closing or not out.offsets:
             return
-        for sid, (p, end, _) in list(self.closing.items()):
+        for sid, (p, end, next_seq) in list(self.closing.items()):
             if out.offsets.get(p, -1) >= end:
                 out.states.append((p, sid, None))
                 del self.closing[sid]
+                self._remember_end(sid, next_seq, 0)  # stray frames after it are still dropped
 
     def _remember_end(self, sid: str, next_seq: int, next_sample: int) -> None:
         self.ended[sid] = (next_seq, next_sample)
