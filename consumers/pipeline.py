@@ -745,32 +745,32 @@ class Pipeline:
         if not due:
             return
         snaps = [_snapshot(rt.fstream) for rt in due]
+        last = [rt.pending[-1][3] for rt in due]  # the newest record of each stream's audio
         new: list[np.ndarray | None]
         try:
             new = list(_features(due, blocks))
         except Exception:
             new = []
-            for rt, block, snap in zip(due, blocks, snaps, strict=True):
+            for rt, block, snap, order in zip(due, blocks, snaps, last, strict=True):
                 _restore_snapshot(rt.fstream, snap)
                 try:
                     new.append(_features([rt], [block])[0])
                 except Exception as exc:
                     _restore_snapshot(rt.fstream, snap)
                     new.append(None)
-                    self._feature_fault(rt, "features", exc, jobs, out)
-        for rt, feats in zip(due, new, strict=True):
+                    self._feature_fault(rt, order, "features", exc, jobs, out)
+        for rt, feats, order in zip(due, new, last, strict=True):
             if feats is None:
                 continue
             try:
                 rt.absorb(np.asarray(feats, dtype=np.float32), jobs)
             except Exception as exc:
-                self._feature_fault(rt, "windows", exc, jobs, out)
+                self._feature_fault(rt, order, "windows", exc, jobs, out)
 
-    def _feature_fault(self, rt: StreamRuntime, phase: str, exc: Exception, jobs: list[_Job],
-                       out: Output) -> None:
-        order = rt.pending[-1][3] if rt.pending else -1
+    def _feature_fault(self, rt: StreamRuntime, order: int, phase: str, exc: Exception,
+                       jobs: list[_Job], out: Output) -> None:
         self._fault(rt, self._rec_at(order), phase, exc, out)
-        self._close_job(rt, jobs, order if order >= 0 else LAST, time.time())
+        self._close_job(rt, jobs, order, time.time())
 
     def _rec_at(self, order: int) -> InRecord | None:
         return self._batch[order] if 0 <= order < len(self._batch) else None

@@ -268,7 +268,7 @@ def _inject_and_run(world: World, engine: Any, inject: Any) -> tuple[Pipeline, l
     return pipe, outs, recs
 
 
-@pytest.mark.parametrize("phase", ["features", "decision", "record"])
+@pytest.mark.parametrize("phase", ["features", "windows", "decision", "record"])
 def test_a_fault_in_one_stream_ends_it_and_spares_the_others(world: World, engine: Any, phase: str) -> None:
     def boom(*_a: Any, **_k: Any) -> Any:
         raise RuntimeError(f"injected {phase} fault")
@@ -276,6 +276,8 @@ def test_a_fault_in_one_stream_ends_it_and_spares_the_others(world: World, engin
     def inject(rt: Any) -> None:
         if phase == "features":
             rt.fstream.__class__ = _Exploding
+        elif phase == "windows":
+            rt.absorb = boom
         elif phase == "decision":
             rt.matcher.on_window = boom
         else:
