@@ -21,6 +21,7 @@ from streamcover.match.decision import Hit
 
 if TYPE_CHECKING:
     from streamcover.catalog.search import Stage1Memo
+    from streamcover.match.calibration import Calibration
 
 log = get_logger("streamcover.engine")
 
@@ -57,6 +58,9 @@ class Engine:
     searcher: SearcherLike
     fixed_catalog_version: str | None = None
     trained: bool = True
+    # The model's calibrated false-alarm curve (``streamcover calibrate``), for the
+    # confidence every upload event carries; None: not calibrated for this scoring.
+    calibration: Calibration | None = None
 
     @property
     def catalog_version(self) -> str:
@@ -118,6 +122,10 @@ def build_engine(settings: Settings, encoder: Any | None = None, trained: bool =
     # watch=True: a new catalog snapshot is picked up without a restart (hot swap).
     searcher = TwoStageSearcher.open(settings.catalog.path, settings.catalog, watch=True,
                                      model_id=encoder.model_id, verify_settings=settings.verify)
+    if searcher.verifier is not None and int(frontend.n_bins) != 12:
+        log.warning("stage3_needs_hpcp", front_end=settings.frontend.name,
+                    detail="stage 3 aligns 12-bin HPCP; with this front end uploads are "
+                           "scored by MaxMean alone: set match.threshold for that scale")
     if searcher.verifier is not None and searcher.view.feature_fps is None:
         log.warning(
             "catalog_without_features",
@@ -126,4 +134,28 @@ def build_engine(settings: Settings, encoder: Any | None = None, trained: bool =
                    "score stays below match.threshold: run `streamcover catalog reembed "
                    "--force`, or set STREAMCOVER_VERIFY__ENABLED=false with a MaxMean threshold",
         )
-    return Engine(frontend, encoder, searcher, None, trained)
+    return Engine(frontend, encoder, searcher, None, trained,
+                  calibration=load_calibration(settings, encoder.model_id))
+
+
+def load_calibration(settings: Settings, model_id: str) -> Calibration | None:
+    """The calibration file beside the model, if it was measured for this model and for the
+    score the monitor thresholds (fused with stage 3 on, MaxMean with it off)."""
+    from streamcover.match.calibration import Calibration, CalibrationError, default_path
+
+    path = default_path(resolve_model_path(settings))
+    if not path.is_file():
+        log.warning("calibration_missing", path=str(path),
+                    detail="events carry no false-alarm rate; run `streamcover calibrate`")
+        return None
+    try:
+        cal = Calibration.load(path, model_id=model_id)
+    except CalibrationError as exc:
+        log.warning("calibration_unusable", path=str(path), detail=str(exc))
+        return None
+    stage3 = getattr(cal, "stage3", None)  # TODO(lead): a Calibration field once H3 lands
+    if stage3 is not None and stage3 != settings.verify.enabled:
+        log.warning("calibration_other_scoring", path=str(path), stage3=stage3,
+                    detail="measured with stage 3 " + ("on" if stage3 else "off"))
+        return None
+    return cal

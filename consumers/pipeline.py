@@ -50,7 +50,7 @@ import numpy as np
 
 from consumers.engine import Engine
 from consumers.metrics import Metrics
-from streamcover.audio.chunking import normalize_chunks
+from streamcover.audio.chunking import ChunkGeometry, normalize_chunks
 from streamcover.audio.frontend import FeatureStream, push_many
 from streamcover.audio.resample import StreamResampler
 from streamcover.catalog.search import Stage1Memo
@@ -71,8 +71,10 @@ from streamcover.events import (
     event_id,
 )
 from streamcover.log import get_logger
+from streamcover.match.align import N_BINS
 from streamcover.match.decision import Decision, StreamMatcher
 from streamcover.match.sequence import Sequencer, Slot
+from streamcover.match.verify import quantise_features
 
 log = get_logger("streamcover.monitor")
 
@@ -150,9 +152,19 @@ class StreamRuntime:
         self.title = title
         fps = float(engine.frontend.frames_per_second)
         self.fps = fps
-        self.win_f = max(1, round(settings.audio.window_seconds * fps))
-        self.hop_f = max(1, min(self.win_f, round(settings.audio.hop_seconds * fps)))
-        self.min_f = max(1, min(self.win_f, math.ceil(settings.audio.min_clip_seconds * fps - 1e-9)))
+        # The windowing rules of streamcover.audio.chunking, so that a file embedded offline
+        # (identify, catalog add) and the same audio streamed give the same chunks.
+        geo = ChunkGeometry.make(fps, settings.audio.window_seconds, settings.audio.hop_seconds,
+                                 settings.audio.min_clip_seconds)
+        self.win_f, self.hop_f, self.min_f = geo.window, geo.hop, geo.min_frames
+        # Stage 3 aligns an upload's features from its start (quantised like the catalog's,
+        # at most verify.max_query_seconds of them); live decisions do not use stage 3.
+        verify = settings.verify
+        self.query_cap = (max(1, round(verify.max_query_seconds * fps))
+                          if verify.enabled and source == "upload"
+                          and int(engine.frontend.n_bins) == N_BINS else 0)
+        self.query_blocks: list[np.ndarray] = []  # uint8 [bins, n] blocks
+        self.query_frames = 0
         gap_s = settings.audio.max_gap_seconds
         self.seq: Sequencer[_Audio] = Sequencer(
             max_gap_frames=min(settings.monitor.max_gap_frames,
@@ -272,7 +284,23 @@ class StreamRuntime:
         if new.ndim == 2 and new.shape[1]:
             self.feats = np.concatenate([self.feats, new], axis=1) if self.feats.size else new
             self.frames_done += new.shape[1]
+            self._keep_query(new)
         self._cut(closed_at, order, jobs)
+
+    def _keep_query(self, new: np.ndarray) -> None:
+        room = self.query_cap - self.query_frames
+        if room > 0:
+            block = quantise_features(new[:, :room])
+            self.query_blocks.append(block)
+            self.query_frames += block.shape[1]
+
+    def query_features(self) -> np.ndarray | None:
+        """The stream's features from its start for stage 3 (uint8 [bins, T]), or None."""
+        if not self.query_frames:
+            return None
+        if len(self.query_blocks) > 1:
+            self.query_blocks = [np.concatenate(self.query_blocks, axis=1)]
+        return self.query_blocks[0]
 
     def _cut(self, closed_at: float, order: int, jobs: list[_Job]) -> None:
         buf0 = self.frames_done - self.feats.shape[1]  # grid frame of feats[:, 0]
@@ -355,8 +383,12 @@ class StreamRuntime:
             feature_tail=self.feats.astype("<f4").tobytes(), embed_dim=dim,
             chunk_index=idx, chunk_start=[self.chunk_start[i] for i in idx], embeddings=emb,
             matcher=self.matcher.to_state(), model_id=model_id, catalog_version=catalog_version,
-            updated_at=time.time(),
+            updated_at=time.time(), query_features=self._query_bytes(),
         )
+
+    def _query_bytes(self) -> bytes:
+        q = self.query_features()
+        return b"" if q is None or self.finished else q.tobytes()
 
     @classmethod
     def restore(cls, st: StreamState, partition: int, settings: Settings, engine: Engine) -> StreamRuntime:
@@ -380,6 +412,10 @@ class StreamRuntime:
         rt.matcher = StreamMatcher.from_state(st.matcher, st.stream_id, st.source, settings.match,
                                               settings.audio.window_seconds, settings.audio.hop_seconds)
         rt.finished = st.finished
+        if rt.query_cap and st.query_features and st.feature_bins:
+            q = np.frombuffer(st.query_features, np.uint8).reshape(st.feature_bins, -1)
+            rt.query_blocks = [q[:, : rt.query_cap].copy()]
+            rt.query_frames = rt.query_blocks[0].shape[1]
         return rt
 
 
@@ -939,7 +975,8 @@ class Pipeline:
         qv = np.stack([rt.embeddings[k] for k in q])
         qs = np.array([rt.chunk_start[k] for k in q], dtype=np.float64)
         t0 = time.perf_counter()
-        hits = self.engine.searcher.search(qv, qs, chunk_ids=list(q), memo=rt.stage1_memo)
+        hits = self.engine.searcher.search(qv, qs, chunk_ids=list(q), memo=rt.stage1_memo,
+                                           query_features=rt.query_features())
         self.metrics.search_latency.observe(time.perf_counter() - t0)
         for d in rt.matcher.on_window(j.index, j.start, j.end, hits):
             out.events.append(self._event(d, now, j.closed_at))
@@ -966,10 +1003,18 @@ class Pipeline:
         if closed_at is not None:
             self.metrics.event_latency.observe(latency / 1000.0)
         self.metrics.events_out.labels(d.kind).inc()
+        m = self.settings.match
+        live = d.source == "live"
+        fa, floor = None, False
+        cal = self.engine.calibration
+        if cal is not None and not live and d.reference_id is not None:
+            fa, floor = cal.false_alarms_per_hour(d.score), cal.at_floor(d.score)
         return MatchEvent(
             event_id=d.event_id, kind=d.kind, stream_id=d.stream_id, source=d.source,
             reference_id=d.reference_id, reference=d.reference, score=_finite(d.score),
-            threshold=self.settings.match.threshold, chunks_used=d.chunks_used,
+            threshold=m.live_threshold if live else m.threshold, chunks_used=d.chunks_used,
+            false_alarms_per_hour=fa, false_alarms_at_floor=floor, maxmean=d.maxmean,
+            alignment_score=d.alignment_score, setlist_omitted=d.setlist_omitted,
             stream_span=Span(start=max(0.0, d.stream_span[0]), end=max(0.0, d.stream_span[1])),
             reference_span=(Span(start=max(0.0, d.reference_span[0]), end=max(0.0, d.reference_span[1]))
                             if d.reference_span else None),

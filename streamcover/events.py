@@ -302,6 +302,10 @@ class StreamState(_Record):
     model_id: str
     catalog_version: str
     updated_at: float
+    # An upload's features from its start for stage 3 (uint8 [feature_bins, n]).
+    query_features: bytes = b""
+
+    _omit_default: ClassVar[frozenset[str]] = frozenset({"query_features"})
 
     @model_validator(mode="after")
     def _shapes(self) -> StreamState:
@@ -311,6 +315,9 @@ class StreamState(_Record):
             raise ValueError("embeddings is not float16 [len(chunk_index), embed_dim]")
         if self.feature_bins and len(self.feature_tail) % (4 * self.feature_bins):
             raise ValueError("feature_tail is not float32 [feature_bins, n]")
+        if self.query_features and (not self.feature_bins
+                                    or len(self.query_features) % self.feature_bins):
+            raise ValueError("query_features is not uint8 [feature_bins, n]")
         return self
 
     def embedding_matrix(self) -> np.ndarray:

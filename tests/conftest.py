@@ -5,11 +5,16 @@
 127.0.0.1. ``kafka_settings`` / ``kafka_sasl_settings`` give each test fresh topic names,
 group id and transactional-id prefix, so tests never see each other's records.
 Tests that use them are marked ``broker`` automatically.
+
+``debian_music`` is the real recorded music the tests use: the Opus files of a Debian
+package, fetched by ops/fetch-debian-media.sh. Nothing is skipped silently: if the music
+cannot be fetched the tests that need it fail with the script's reason.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +22,10 @@ from typing import Any
 
 import pytest
 
-from streamcover.config import KafkaSettings
+from streamcover.config import PROJECT_ROOT, KafkaSettings
+
+FETCH = PROJECT_ROOT / "ops" / "fetch-debian-media.sh"
+MUSIC_PACKAGE = "warzone2100-music"  # GPL-2+ game soundtrack, Opus files, in Debian main
 
 _BROKER_FIXTURES = {"kafka_broker", "kafka_settings", "kafka_sasl_settings", "restartable_broker"}
 
@@ -26,6 +34,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.broker)
+
+
+@pytest.fixture(scope="session")
+def debian_music() -> list[Path]:
+    """Opus files of the Debian package, fetched once into ~/.cache/streamcover/debian."""
+    proc = subprocess.run(
+        [str(FETCH), MUSIC_PACKAGE], capture_output=True, text=True, timeout=900, check=False
+    )
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{FETCH.name} {MUSIC_PACKAGE} failed (exit {proc.returncode}): "
+            f"{proc.stderr.strip() or proc.stdout.strip()}"
+        )
+    root = Path(proc.stdout.strip().splitlines()[-1])
+    files = sorted(root.rglob("*.opus"))
+    if len(files) < 10:
+        pytest.fail(f"{MUSIC_PACKAGE} unpacked to {root} but holds only {len(files)} .opus files")
+    return files
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,14 @@ from streamcover.match.fusion import DEFAULT_PARAMS, FusionParams, fuse
 if TYPE_CHECKING:
     from streamcover.config import VerifySettings
 
-__all__ = ["Verification", "Verifier"]
+__all__ = ["Verification", "Verifier", "quantise_features"]
+
+
+def quantise_features(features: np.ndarray) -> np.ndarray:
+    """A front end's frames [bins, T] in 0..1 as uint8 0..255, as a stream keeps its query
+    for stage 3 (a quarter of float32; the alignment reads uint8 as value / 255)."""
+    x = np.nan_to_num(np.asarray(features, np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ class Verifier:
         todo = [i for i in range(min(self.candidates, mm.shape[0])) if references[i] is not None]
         if not todo or query_features.ndim != 2 or query_features.shape[1] == 0:
             return Verification(fused, align, spans)
-        q = np.asarray(query_features[:, : self.max_query_frames], np.float32)
+        q = query_features[:, : self.max_query_frames]  # uint8 or float: align scales uint8
         found = align_candidates(q, [references[i] for i in todo],  # type: ignore[misc]
                                  max_query_frames=self.max_query_frames)
         for i, a in zip(todo, found, strict=True):

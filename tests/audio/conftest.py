@@ -1,12 +1,8 @@
-"""Fixtures for the audio tests: real music from Debian packages, fetched by ops/fetch-debian-media.sh.
-
-Nothing is skipped silently: if the music cannot be fetched the tests that need it fail
-with the script's reason.
-"""
+"""Fixtures for the audio tests: chosen tracks of the real Debian music (``debian_music``,
+in tests/conftest.py) and their excerpts."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,10 +11,8 @@ import pytest
 import torch
 
 from streamcover.audio.decode import load_audio
-from streamcover.config import PROJECT_ROOT
 
-FETCH = PROJECT_ROOT / "ops" / "fetch-debian-media.sh"
-MUSIC_PACKAGE = "warzone2100-music"  # GPL-2+ game soundtrack, Opus files, in Debian main
+MUSIC_PACKAGE = "warzone2100-music"
 EXCERPT_S = 30.0
 # A few tracks of different character (orchestral, electronic, ambient).
 TRACKS = ("menu_enhanced.opus", "track22.opus", "track8.opus")
@@ -32,24 +26,6 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def debian_music() -> list[Path]:
-    """Opus files of the Debian package, fetched once into ~/.cache/streamcover/debian."""
-    proc = subprocess.run(
-        [str(FETCH), MUSIC_PACKAGE], capture_output=True, text=True, timeout=900, check=False
-    )
-    if proc.returncode != 0:
-        pytest.fail(
-            f"{FETCH.name} {MUSIC_PACKAGE} failed (exit {proc.returncode}): "
-            f"{proc.stderr.strip() or proc.stdout.strip()}"
-        )
-    root = Path(proc.stdout.strip().splitlines()[-1])
-    files = sorted(root.rglob("*.opus"))
-    if len(files) < 10:
-        pytest.fail(f"{MUSIC_PACKAGE} unpacked to {root} but holds only {len(files)} .opus files")
-    return files
 
 
 @pytest.fixture(scope="session")

@@ -96,3 +96,16 @@ def test_settings_turn_stage_three_on_and_off() -> None:
     v = Verifier.from_settings(VerifySettings(candidates=5, max_query_seconds=60))
     assert v is not None and v.candidates == 5
     assert v.max_query_frames == round(60 * FRAMES_PER_SECOND)
+
+
+def test_a_quantised_query_scores_as_the_float_one() -> None:
+    """The monitor keeps its query as uint8 (quantise_features); identify passes floats."""
+    from streamcover.match.verify import quantise_features
+
+    ref = _song(6)
+    query = _query_from(ref, 40, 120)
+    v = Verifier(candidates=1)
+    as_float = v.verify(query, [ref], np.array([0.5]))
+    as_u8 = v.verify(quantise_features(query), [ref], np.array([0.5]))
+    assert as_u8.align[0] == pytest.approx(float(as_float.align[0]), abs=0.02)
+    assert as_u8.align[0] > 0.5
