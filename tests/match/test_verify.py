@@ -8,8 +8,7 @@ import pytest
 from streamcover.config import VerifySettings
 from streamcover.match.align import FRAMES_PER_SECOND
 from streamcover.match.fusion import fuse
-from streamcover.match.verify import Verifier
-
+from streamcover.match.verify import Verifier, quantise_features
 
 # A major key's pitch classes, the tonic most often (music has a key profile, which OTI uses).
 _SCALE = np.array([0, 2, 4, 5, 7, 9, 11])
@@ -100,8 +99,6 @@ def test_settings_turn_stage_three_on_and_off() -> None:
 
 def test_a_quantised_query_scores_as_the_float_one() -> None:
     """The monitor keeps its query as uint8 (quantise_features); identify passes floats."""
-    from streamcover.match.verify import quantise_features
-
     ref = _song(6)
     query = _query_from(ref, 40, 120)
     v = Verifier(candidates=1)
