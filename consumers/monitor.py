@@ -563,7 +563,7 @@ async def load_state(settings: KafkaSettings, partitions: set[int],
             if time.monotonic() > deadline:
                 raise StateLoadError(
                     f"state partitions {sorted(tp.partition for tp in pending)} not read to their end "
-                    f"offsets within {timeout_s:.0f} s")
+                    f"offsets within {timeout_s:g} s")
             got = await reader.getmany(*pending, timeout_ms=200)
             for tp, msgs in got.items():
                 for m in msgs:

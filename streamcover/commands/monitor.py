@@ -18,6 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stable id of this instance (transactional id suffix; one per running monitor)")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (0: any free port)")
     p.add_argument("--catalog", type=Path, default=None, help="catalog directory (default: settings)")
+    p.add_argument("--workers", type=_positive, default=1,
+                   help="run N monitor processes in one consumer group under a supervisor that "
+                   "forwards signals and restarts a dead worker (instance ids ID-w0 … ID-wN-1, "
+                   "metrics ports P … P+N-1)")
     p.set_defaults(handler=_run)
 
     s = sub.add_parser("setlist", help="ask the monitor for a live stream's whole set list")
@@ -26,10 +30,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(handler=_setlist)
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
 def _run(args: argparse.Namespace) -> int:
     from streamcover.commands.services import run_service
 
-    return int(run_service("monitor:main", args) or 0)
+    entry = "workers:main" if getattr(args, "workers", 1) > 1 else "monitor:main"
+    return int(run_service(entry, args) or 0)
 
 
 def _setlist(args: argparse.Namespace) -> int:

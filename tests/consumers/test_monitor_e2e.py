@@ -209,6 +209,17 @@ def _crash_streams(world: World) -> dict[str, tuple[np.ndarray, Any]]:
     }
 
 
+def _crash_setup(world: World, kafka_broker: Any, tag: str) -> tuple[Settings, dict[str, Any], list[MatchEvent]]:
+    """Fresh settings, the crash streams and what one uninterrupted pipeline decides on them."""
+    from monitor_harness import reference_events
+
+    from consumers.engine import build_engine
+
+    settings = fresh_settings(world, kafka_broker, tag)
+    streams = _crash_streams(world)
+    return settings, streams, reference_events(settings, build_engine(settings), streams)
+
+
 def _assert_same_events(got: list[MatchEvent], want: list[MatchEvent]) -> None:
     ids = Counter(e.event_id for e in got)
     dup = {i: n for i, n in ids.items() if n > 1}
@@ -224,13 +235,9 @@ async def test_kill9_mid_stream_then_restart_loses_and_duplicates_nothing(
     import os
     import signal
 
-    from monitor_harness import reference_events, spawn_monitor, wait_for_log
+    from monitor_harness import spawn_monitor, wait_for_log
 
-    from consumers.engine import build_engine
-
-    settings = fresh_settings(world, kafka_broker, "kill")
-    streams = _crash_streams(world)
-    want = reference_events(settings, build_engine(settings), streams)
+    settings, streams, want = _crash_setup(world, kafka_broker, "kill")
     env = world.env(settings)
     log = tmp_path / "monitor.log"
     proc = spawn_monitor(env, "0", log)
@@ -458,3 +465,50 @@ async def test_setlist_command_asks_a_running_monitor(world: World, kafka_broker
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 1 and "no answer" in err.decode()
+
+
+@pytest.mark.slow
+async def test_workers_share_the_group_and_a_dead_worker_is_restarted(
+    world: World, kafka_broker: Any, tmp_path: Path
+) -> None:
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from monitor_harness import ROOT, wait_for_log
+
+    settings, streams, want = _crash_setup(world, kafka_broker, "workers")
+    log = tmp_path / "supervisor.log"
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamcover", "--log-format", "json", "monitor", "--workers", "2",
+             "--instance-id", "box"],
+            cwd=ROOT, env={**os.environ, **world.env(settings), "PYTHONUNBUFFERED": "1"},
+            stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(480):  # both workers are members, with partitions
+            text = log.read_text(errors="replace")
+            if text.count('"partitions_assigned"') >= 2 and '"box-w1"' in text and '"box-w0"' in text:
+                break
+            assert proc.poll() is None, text[-3000:]
+            await asyncio.sleep(0.5)
+        sending = asyncio.gather(*(publish(settings, sid, w, src, speed=3.0) for sid, (w, src) in streams.items()))
+        first = await read_topic(settings, settings.kafka.match_topic, lambda ev: len(ev) >= 3, 180)
+        pids = [int(p) for p in re.findall(r'"worker": "w0", "pid": (\d+)', log.read_text())]
+        assert pids, log.read_text()[-3000:]
+        os.kill(pids[0], signal.SIGKILL)
+        await wait_for_log(log, '"worker_exited"', 60, proc)
+        assert not finals_for(list(streams))(first), "the kill came too late to test anything"
+        await sending
+        got = await read_topic(settings, settings.kafka.match_topic, finals_for(list(streams)), 240)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(90) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text(errors="replace")
+    assert text.count('"worker_started"') == 3  # two workers, one restart
+    assert '"code": -9' in text
+    _assert_same_events(got, want)
