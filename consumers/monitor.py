@@ -41,7 +41,7 @@ from consumers.kafka import admin_kwargs, consumer_kwargs, ensure_topics, produc
 from consumers.metrics import Metrics, serve
 from consumers.pipeline import InRecord, Output, Pipeline
 from streamcover.config import KafkaSettings, Settings, get_settings
-from streamcover.events import encode
+from streamcover.events import encode, value_budget
 from streamcover.log import get_logger
 
 log = get_logger("streamcover.monitor")
@@ -372,8 +372,10 @@ class Monitor:
             async with producer.transaction():
                 futures = []
                 for ev in out.events:
-                    futures.append(await producer.send(k.match_topic, key=ev.stream_id.encode(),
-                                                       value=encode(ev)))
+                    key = ev.stream_id.encode()
+                    # shrunk (set list, metadata) to what the broker accepts: events.fit_event
+                    value = encode(ev, max_bytes=value_budget(k.max_message_bytes, key))
+                    futures.append(await producer.send(k.match_topic, key=key, value=value))
                 for dl in out.dead_letters:
                     futures.append(await producer.send(k.dead_letter_topic, key=dl.key, value=encode(dl)))
                 for p, key, value in out.states:
