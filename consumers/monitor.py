@@ -372,10 +372,10 @@ class Monitor:
             async with producer.transaction():
                 futures = []
                 for ev in out.events:
-                    key = ev.stream_id.encode()
+                    ev_key = ev.stream_id.encode()
                     # shrunk (set list, metadata) to what the broker accepts: events.fit_event
-                    value = encode(ev, max_bytes=value_budget(k.max_message_bytes, key))
-                    futures.append(await producer.send(k.match_topic, key=key, value=value))
+                    ev_value = encode(ev, max_bytes=value_budget(k.max_message_bytes, ev_key))
+                    futures.append(await producer.send(k.match_topic, key=ev_key, value=ev_value))
                 for dl in out.dead_letters:
                     futures.append(await producer.send(k.dead_letter_topic, key=dl.key, value=encode(dl)))
                 for p, key, value in out.states:
