@@ -11,7 +11,9 @@ with ``maxmean`` the stage-2 retrieval score (cosine-based, -1..1) and ``align``
 were fitted on held-out real covers (SHS100K-TEST ``val`` works, top-20 MaxMean candidates
 of full-length, 60 s and 30 s queries; ``ops/eval/stage3_fusion.py``); both weights are
 positive, so the fused score rises with either input: a near-exact copy, whose MaxMean is
-already high, stays high. The output lies in (0, 1), so one threshold applies to all queries.
+already high and which aligns almost end to end, stays high (median 0.96-0.97 for 20-60 s
+copies at ±6 % speed). The output lies in (0, 1), so one threshold applies to all queries;
+it must be calibrated on the fused score, not reused from MaxMean.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ class FusionParams:
         return asdict(self)
 
 
-# Fitted by ops/eval/stage3_fusion.py (docs/results/2026-12-03-stage3.md).
-DEFAULT_PARAMS = FusionParams(bias=-11.0, w_maxmean=12.0, w_align=8.0)
+# Fitted by ops/eval/stage3_fusion.py on SHS100K-TEST val (docs/results/2026-12-03-stage3.md).
+DEFAULT_PARAMS = FusionParams(bias=-4.1815, w_maxmean=2.2596, w_align=5.8944)
 
 
 @overload
