@@ -52,8 +52,10 @@ def build_catalog(path: Path, encoder: Any, works: dict[str, tuple[Score, str]],
     """Embed each work's reference rendering with the chunking rules and index it."""
     from streamcover.audio.chunking import chunk_features
     from streamcover.audio.frontend import make_frontend
-    from streamcover.catalog.index import IndexParams, build_snapshot
-    from streamcover.catalog.store import Catalog, ReferenceInput
+    from streamcover.catalog.factory import IndexParams
+    from streamcover.catalog.records import ReferenceInput
+    from streamcover.catalog.snapshot import build_snapshot
+    from streamcover.catalog.store import Catalog
 
     fe = make_frontend(settings.frontend)
     refs = []
@@ -72,9 +74,9 @@ def build_catalog(path: Path, encoder: Any, works: dict[str, tuple[Score, str]],
 
 async def _demo(args: argparse.Namespace) -> int:
     from consumers.broker import KafkaBroker
-    from consumers.engine import build_engine, load_encoder
     from consumers.monitor import Monitor
     from consumers.producer import kafka_producer, send_waveforms
+    from streamcover.monitor.engine import build_engine, load_encoder
 
     base = get_settings()
     if not args.verbose:  # the demo speaks through its own output; service logs only on trouble

@@ -33,16 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from streamcover.catalog.index import (
-    CENTROID_FILES,
-    IndexParams,
-    SearchView,
-    Snapshot,
-    build_snapshot,
-    snapshot_root,
-)
+from streamcover.catalog.factory import IndexParams
+from streamcover.catalog.records import ReferenceInput
 from streamcover.catalog.search import TwoStageSearcher
-from streamcover.catalog.store import CURRENT_FILE, Catalog, ReferenceInput, atomic_write_bytes
+from streamcover.catalog.snapshot import CENTROID_FILES, Snapshot, build_snapshot, snapshot_root
+from streamcover.catalog.store import CURRENT_FILE, Catalog
 from streamcover.catalog.synthetic import (
     FittedCorpus,
     SyntheticCorpus,
@@ -50,8 +45,10 @@ from streamcover.catalog.synthetic import (
     fit_reference_stats,
     similarity_profile,
 )
+from streamcover.catalog.view import SearchView
 from streamcover.config import CatalogSettings, default_cache_dir
 from streamcover.device import configure_search_threads
+from streamcover.files import atomic_write_bytes
 from streamcover.model.maxmean import SCORE_RULES, ScoreRule
 
 MODEL_ID = "synthetic-bench-v1"

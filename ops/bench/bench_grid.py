@@ -148,8 +148,10 @@ def load_tracks(paths: list[Path], args: argparse.Namespace, encoder: Any) -> tu
 
 def build_catalog(path: Path, tracks: list[Track], hop: float, encoder: Any) -> float:
     """A real catalog at reference hop ``hop`` (embeddings, features, snapshot); seconds."""
-    from streamcover.catalog.index import IndexParams, build_snapshot
-    from streamcover.catalog.store import Catalog, ReferenceInput
+    from streamcover.catalog.factory import IndexParams
+    from streamcover.catalog.records import ReferenceInput
+    from streamcover.catalog.snapshot import build_snapshot
+    from streamcover.catalog.store import Catalog
 
     if path.exists():
         shutil.rmtree(path)
@@ -168,7 +170,7 @@ def build_catalog(path: Path, tracks: list[Track], hop: float, encoder: Any) -> 
 
 def catalog_bytes(path: Path, ref_seconds: float) -> dict[str, float]:
     """Bytes per reference second, by part, of a built catalog."""
-    from streamcover.catalog.index import current_snapshot_path
+    from streamcover.catalog.snapshot import current_snapshot_path
     from streamcover.catalog.store import Catalog
 
     with Catalog.open(path, "r") as cat:
@@ -231,9 +233,12 @@ def latency(args: argparse.Namespace, encoder: Any) -> dict[str, Any]:
     """Stage-1/2 latency per reference hop on real SHS embeddings grown to ``--grow-to``."""
     import faiss
 
-    from streamcover.catalog.index import IndexParams, SearchView, build_snapshot
+    from streamcover.catalog.factory import IndexParams
+    from streamcover.catalog.records import ReferenceInput, normalise_rows
     from streamcover.catalog.search import TwoStageSearcher
-    from streamcover.catalog.store import Catalog, ReferenceInput, normalise_rows
+    from streamcover.catalog.snapshot import build_snapshot
+    from streamcover.catalog.store import Catalog
+    from streamcover.catalog.view import SearchView
     from streamcover.train.shs import load_shs
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -22,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from streamcover.catalog.index import IndexParams, build_snapshot
-from streamcover.catalog.store import Catalog, ReferenceInput
+from streamcover.catalog.factory import IndexParams
+from streamcover.catalog.records import ReferenceInput
+from streamcover.catalog.snapshot import build_snapshot
+from streamcover.catalog.store import Catalog
 from streamcover.catalog.synthetic import SyntheticCorpus, SyntheticSpec
 from streamcover.config import default_cache_dir
 
@@ -71,8 +73,8 @@ def serve(path: str, conn: Connection, top_n: int, ef_search: int) -> None:
     """A shard server: one SearchView, queries in over a pipe, (id, score) lists out."""
     import torch
 
-    from streamcover.catalog.index import SearchView
     from streamcover.catalog.search import TwoStageSearcher
+    from streamcover.catalog.view import SearchView
     from streamcover.device import configure_search_threads
 
     configure_search_threads(1)

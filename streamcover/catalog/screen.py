@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from streamcover.catalog.store import RefLayout
+    from streamcover.catalog.records import RefLayout
 
 
 def projection_of(index: Any) -> np.ndarray | None:

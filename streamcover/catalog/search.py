@@ -29,8 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from streamcover.catalog.index import CATALOG_DEFAULTS, SearchView, SnapshotWatcher
-from streamcover.catalog.store import ModelMismatchError, normalise_rows
+from streamcover.catalog.errors import ModelMismatchError
+from streamcover.catalog.factory import CATALOG_DEFAULTS
+from streamcover.catalog.records import normalise_rows
+from streamcover.catalog.view import SearchView
+from streamcover.catalog.watcher import SnapshotWatcher
 from streamcover.match.verify import Verifier
 from streamcover.model.maxmean import SCORE_RULES, ScoreRule, combine_directions
 

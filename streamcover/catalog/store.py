@@ -6,7 +6,7 @@ Layout of a catalog directory::
     segments/seg-000001.f16         immutable, checksummed float16 rows, memory-mapped for reads
     features/fseg-000001.u8         immutable, checksummed uint8 feature frames [T, bins] per
                                     reference (stage-3 alignment), memory-mapped for reads
-    snapshots/<name>/               immutable index snapshots (see ``index.py``)
+    snapshots/<name>/               immutable index snapshots (see ``snapshot.py``)
     CURRENT                         name of the snapshot a monitor should serve
     LOCK                            held (flock) by the single writer
 
@@ -18,25 +18,54 @@ that did commit are skipped on resume, so re-running an interrupted ``add`` adds
 no duplicates. Every segment carries its length and a CRC32, checked when it is
 mapped, so a truncated or corrupt file raises :class:`CatalogCorruptError` rather
 than feeding wrong vectors to the search.
+
+This module is over 450 lines for a reason: :class:`Catalog` is one class that owns one
+SQLite schema and the writer's transactions over it; the segment format
+(``segments.py``), the records (``records.py``) and the errors (``errors.py``) live apart.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
+import shutil
 import sqlite3
-import struct
-import tempfile
 import time
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from streamcover.catalog.errors import (
+    CatalogCorruptError,
+    CatalogError,
+    CatalogLockedError,
+    CatalogNotFoundError,
+    ModelMismatchError,
+)
+from streamcover.catalog.records import (
+    MAX_EXTRA_BYTES,
+    AddResult,
+    FeatureStore,
+    Reference,
+    ReferenceInput,
+    RefLayout,
+    check_extra,
+    normalise_rows,
+)
+from streamcover.catalog.segments import (
+    FEATURE_FORMAT,
+    map_feature_segment,
+    map_segment,
+    quantize_features,
+    read_feature_header,
+    stored_crc,
+    write_feature_segment,
+    write_segment,
+)
+from streamcover.files import fsync_dir, try_lock
 
 SCHEMA_VERSION = 1
 DB_NAME = "catalog.sqlite"
@@ -46,368 +75,7 @@ SNAPSHOT_DIR = "snapshots"
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = "LOCK"
 
-SEGMENT_MAGIC = b"SCSEG001"
-# magic, header version, dim, rows, payload crc32, model-id digest (16 bytes), header crc32
-_SEG_HEADER = struct.Struct("<8sIIQI16sI")
-SEGMENT_HEADER_BYTES = 64
-assert _SEG_HEADER.size <= SEGMENT_HEADER_BYTES
-
-FEATURE_MAGIC = b"SCFEA001"
-# magic, header version, bins, frames, payload crc32, quantisation code, frames/s, header crc32
-_FEAT_HEADER = struct.Struct("<8sIIQIIdI")
-assert _FEAT_HEADER.size <= SEGMENT_HEADER_BYTES
-# Quantisation code 1: uint8 q = round(255 * x / scale), scale = the reference's maximum
-# (stored per reference), so x ~= q / 255 * scale. HPCP frames are max-normalised already,
-# so for HPCP scale is 1 and q / 255 is the feature (the shared SHS files' convention).
-FEATURE_QUANT_U8_MAX = 1
-FEATURE_FORMAT = "u8-refmax-v1"
-# A feature sequence wider than this is not a front end's output.
-_MAX_FEATURE_BINS = 1024
-
-# `extra` fields are copied into every match event, which must fit the broker's
-# max.message.bytes; this caps their JSON encoding per reference (catalog.max_extra_bytes).
-MAX_EXTRA_BYTES = 4096
-
-# Rows are L2-normalised before storage; anything this far from unit norm is rejected
-# (NaN, inf, all-zero), because it would poison the inner-product index silently.
-_MIN_NORM = 1e-6
-
 Mode = Literal["r", "a", "w"]
-
-
-class CatalogError(Exception):
-    """Base class for catalog errors; the message names the catalog or file."""
-
-
-class CatalogNotFoundError(CatalogError):
-    """Opening a catalog that does not exist in read mode."""
-
-
-class CatalogCorruptError(CatalogError):
-    """A segment, snapshot or database failed its length or checksum check."""
-
-
-class ModelMismatchError(CatalogError):
-    """Embeddings or queries from a model other than the catalog's."""
-
-
-class CatalogLockedError(CatalogError):
-    """Another process holds the catalog's writer lock."""
-
-
-def model_digest(model_id: str) -> bytes:
-    """16-byte digest of a model id, stamped into every segment header."""
-    import hashlib
-
-    return hashlib.sha256(model_id.encode("utf-8")).digest()[:16]
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write-then-rename with fsync of the file and of its directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def normalise_rows(vectors: np.ndarray, what: str) -> np.ndarray:
-    """Return float32 L2-normalised rows; refuse NaN/inf/zero rows with a clear error."""
-    x = np.asarray(vectors, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"{what}: expected a 2-D array [N, D], got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{what}: embeddings contain NaN or inf")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if x.shape[0] and float(norms.min()) < _MIN_NORM:
-        raise ValueError(f"{what}: embeddings contain an all-zero row")
-    return np.ascontiguousarray(x / norms, dtype=np.float32)
-
-
-# ----------------------------------------------------------------------------- segments
-
-
-def write_segment(path: Path, rows: np.ndarray, model_id: str) -> tuple[int, int]:
-    """Write float16 ``rows`` [N, D] durably to ``path``; return (crc32, bytes)."""
-    data = np.ascontiguousarray(rows, dtype="<f2")
-    n, dim = data.shape
-    payload = data.tobytes()
-    crc = zlib.crc32(payload)
-    head = _SEG_HEADER.pack(SEGMENT_MAGIC, 1, dim, n, crc, model_digest(model_id), 0)
-    head_crc = zlib.crc32(head[:-4])
-    head = head[:-4] + struct.pack("<I", head_crc)
-    head = head.ljust(SEGMENT_HEADER_BYTES, b"\0")
-    atomic_write_bytes(path, head + payload)
-    return crc, len(head) + len(payload)
-
-
-def _read_head(path: Path, what: str) -> tuple[int, bytes]:
-    """(file size, first header bytes) of a segment file; missing or short is corrupt."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(SEGMENT_HEADER_BYTES)
-    except FileNotFoundError:
-        raise CatalogCorruptError(f"{what} {path} is missing") from None
-    if len(head) < SEGMENT_HEADER_BYTES:
-        raise CatalogCorruptError(f"{what} {path} is truncated (header is {len(head)} bytes)")
-    return size, head
-
-
-def read_segment_header(path: Path) -> tuple[int, int, int, bytes]:
-    """Return (dim, rows, crc32, model digest) after checking magic, header CRC and length."""
-    size, head = _read_head(path, "segment")
-    magic, _ver, dim, rows, crc, digest, head_crc = _SEG_HEADER.unpack(head[: _SEG_HEADER.size])
-    if magic != SEGMENT_MAGIC:
-        raise CatalogCorruptError(f"segment {path} has a bad magic number {magic!r}")
-    if zlib.crc32(head[: _SEG_HEADER.size - 4]) != head_crc:
-        raise CatalogCorruptError(f"segment {path} has a corrupt header (CRC mismatch)")
-    expected = SEGMENT_HEADER_BYTES + rows * dim * 2
-    if size != expected:
-        raise CatalogCorruptError(
-            f"segment {path} is {size} bytes, expected {expected} ({rows} rows x {dim} dims): "
-            "truncated or partially written"
-        )
-    return dim, rows, crc, digest
-
-
-def map_segment(path: Path, *, verify: bool = True, model_id: str | None = None) -> np.memmap:
-    """Memory-map a segment as float16 [rows, dim], checking length, header and (optionally) CRC."""
-    dim, rows, crc, digest = read_segment_header(path)
-    if model_id is not None and digest != model_digest(model_id):
-        raise ModelMismatchError(f"segment {path} was written by another model than {model_id!r}")
-    mm = np.memmap(path, dtype="<f2", mode="r", offset=SEGMENT_HEADER_BYTES, shape=(rows, dim))
-    if verify:
-        got = 0
-        step = 1 << 13
-        for i in range(0, rows, step):
-            got = zlib.crc32(np.ascontiguousarray(mm[i : i + step]).tobytes(), got)
-        if got != crc:
-            raise CatalogCorruptError(f"segment {path} failed its checksum (file is corrupt)")
-    return mm
-
-
-def quantize_features(features: np.ndarray, what: str) -> tuple[np.ndarray, float]:
-    """uint8 frames [T, bins] and the scale of a front end's features [bins, T].
-
-    Float input must be finite and non-negative; it is divided by its maximum and rounded
-    to 0..255 (``FEATURE_QUANT_U8_MAX``). uint8 input is stored as it is (scale 1).
-    """
-    f = np.asarray(features)
-    if f.ndim != 2 or f.shape[1] < 1 or not 1 <= f.shape[0] <= _MAX_FEATURE_BINS:
-        raise ValueError(
-            f"{what}: features must be [bins, T] with 1..{_MAX_FEATURE_BINS} bins and T >= 1, "
-            f"got shape {f.shape}"
-        )
-    if f.dtype == np.uint8:
-        return np.ascontiguousarray(f.T), 1.0
-    x = f.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{what}: features contain NaN or inf")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0:
-        raise ValueError(f"{what}: features must be non-negative (minimum {lo:.3g})")
-    if hi == 0:
-        return np.zeros((x.shape[1], x.shape[0]), np.uint8), 0.0
-    q = np.rint(x.T * np.float32(255.0 / hi))
-    return np.ascontiguousarray(np.clip(q, 0, 255).astype(np.uint8)), hi
-
-
-def write_feature_segment(path: Path, frames: np.ndarray, fps: float) -> tuple[int, int]:
-    """Write uint8 frames [T, bins] durably to ``path``; return (crc32, bytes)."""
-    data = np.ascontiguousarray(frames, dtype=np.uint8)
-    n, bins = data.shape
-    payload = data.tobytes()
-    crc = zlib.crc32(payload)
-    head = _FEAT_HEADER.pack(FEATURE_MAGIC, 1, bins, n, crc, FEATURE_QUANT_U8_MAX, float(fps), 0)
-    head = head[:-4] + struct.pack("<I", zlib.crc32(head[:-4]))
-    head = head.ljust(SEGMENT_HEADER_BYTES, b"\0")
-    atomic_write_bytes(path, head + payload)
-    return crc, len(head) + len(payload)
-
-
-def read_feature_header(path: Path) -> tuple[int, int, int, float]:
-    """Return (bins, frames, crc32, fps) after checking magic, header CRC and exact length."""
-    size, head = _read_head(path, "feature segment")
-    magic, _ver, bins, frames, crc, quant, fps, head_crc = _FEAT_HEADER.unpack(
-        head[: _FEAT_HEADER.size])
-    if magic != FEATURE_MAGIC:
-        raise CatalogCorruptError(f"feature segment {path} has a bad magic number {magic!r}")
-    if zlib.crc32(head[: _FEAT_HEADER.size - 4]) != head_crc:
-        raise CatalogCorruptError(f"feature segment {path} has a corrupt header (CRC mismatch)")
-    if quant != FEATURE_QUANT_U8_MAX:
-        raise CatalogCorruptError(f"feature segment {path} has unknown quantisation {quant}")
-    expected = SEGMENT_HEADER_BYTES + frames * bins
-    if size != expected:
-        raise CatalogCorruptError(
-            f"feature segment {path} is {size} bytes, expected {expected} ({frames} frames x "
-            f"{bins} bins): truncated or partially written"
-        )
-    return bins, frames, crc, fps
-
-
-def map_feature_segment(path: Path, *, verify: bool = True) -> np.ndarray:
-    """Memory-map a feature segment as uint8 [frames, bins] (a plain ndarray view)."""
-    bins, frames, crc, _fps = read_feature_header(path)
-    if frames == 0:
-        return np.zeros((0, bins), np.uint8)
-    mm = np.memmap(path, dtype=np.uint8, mode="r", offset=SEGMENT_HEADER_BYTES,
-                   shape=(frames, bins))
-    if verify and zlib.crc32(mm.data) != crc:
-        raise CatalogCorruptError(f"feature segment {path} failed its checksum (file is corrupt)")
-    return mm.view(np.ndarray)
-
-
-def extra_bytes(extra: dict[str, Any]) -> int:
-    """Size of ``extra`` as stored and as carried by events (UTF-8 JSON)."""
-    return len(json.dumps(extra, sort_keys=True, default=str).encode("utf-8"))
-
-
-def check_extra(extra: dict[str, Any], what: str, limit: int = MAX_EXTRA_BYTES) -> None:
-    """Refuse ``extra`` metadata over ``limit`` bytes: it is copied into every match event."""
-    size = extra_bytes(extra)
-    if size > limit:
-        raise ValueError(
-            f"{what}: extra metadata is {size:,} bytes of JSON, over the {limit:,}-byte limit "
-            "(catalog.max_extra_bytes); it is copied into every match event, which must fit "
-            "the broker's max.message.bytes"
-        )
-
-
-# ----------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class ReferenceInput:
-    """One reference to add: its embeddings plus metadata."""
-
-    id: str
-    vectors: np.ndarray  # [N, D] float, normalised on write
-    starts: np.ndarray  # [N] chunk start times in seconds
-    title: str | None = None
-    artist: str | None = None
-    rights_holder: str | None = None
-    duration: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    content_hash: str | None = None
-    source_path: str | None = None
-    # The front end's feature sequence [bins, T] (float in 0..1, or uint8) that the
-    # embeddings came from, stored quantised for stage-3 alignment; None: not stored.
-    features: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class Reference:
-    """A reference as stored (no embeddings)."""
-
-    key: int
-    id: str
-    title: str | None
-    artist: str | None
-    rights_holder: str | None
-    duration: float | None
-    extra: dict[str, Any]
-    content_hash: str | None
-    source_path: str | None
-    added_at: str
-    added_version: int
-    tombstone: bool
-    n_chunks: int
-
-    def metadata(self) -> dict[str, Any]:
-        """The fields a match event carries about the reference."""
-        return {
-            "id": self.id,
-            "title": self.title,
-            "artist": self.artist,
-            "rights_holder": self.rights_holder,
-            "duration": self.duration,
-            **self.extra,
-        }
-
-
-@dataclass(frozen=True)
-class AddResult:
-    added: list[str]
-    skipped: list[str]
-    version: int
-
-
-@dataclass(frozen=True)
-class RefLayout:
-    """Dense per-reference arrays for the search hot path, indexed by reference key."""
-
-    keys: np.ndarray  # [R] int64 live reference keys, ascending
-    segment: np.ndarray  # [max_key+1] int64 segment id (-1 = absent)
-    row_start: np.ndarray  # [max_key+1] int64
-    n_chunks: np.ndarray  # [max_key+1] int64 (0 = absent or removed)
-    added_version: np.ndarray  # [max_key+1] int64
-    chunk_base: np.ndarray  # [max_key+1] int64 offset into ``starts``
-    starts: np.ndarray  # [total live chunks] float32, per reference in ordinal order
-
-
-def live_mask(keys: np.ndarray, n_chunks: np.ndarray) -> np.ndarray:
-    """Which of ``keys`` name live references, given ``RefLayout.n_chunks`` (indexed by
-    key; 0 for removed ones, and keys past its end are unknown to the layout)."""
-    keys = np.asarray(keys)
-    inside = (keys >= 0) & (keys < n_chunks.shape[0])
-    if not n_chunks.size:
-        return inside
-    return inside & (n_chunks[np.where(inside, keys, 0)] > 0)
-
-
-@dataclass(frozen=True)
-class FeatureStore:
-    """Stored feature sequences of the live references, by reference key (stage 3).
-
-    Arrays are indexed by key like :class:`RefLayout`; ``segments`` are read-only memory
-    maps, so :meth:`get` returns a view and copies nothing.
-    """
-
-    segment: np.ndarray  # [max_key+1] int64 feature segment id (-1 = none stored)
-    frame_start: np.ndarray  # [max_key+1] int64
-    frames: np.ndarray  # [max_key+1] int64 (0 = none stored)
-    scale: np.ndarray  # [max_key+1] float32: x ~= q / 255 * scale
-    segments: dict[int, np.ndarray]
-    fps: float | None  # frames per second of every stored sequence
-    bins: int | None
-
-    @classmethod
-    def empty(cls) -> FeatureStore:
-        z = np.zeros(0, np.int64)
-        return cls(z, z, z, np.zeros(0, np.float32), {}, None, None)
-
-    def has(self, key: int) -> bool:
-        return 0 <= key < self.frames.shape[0] and bool(self.frames[key] > 0)
-
-    def get(self, key: int) -> np.ndarray:
-        """uint8 frames [T, bins] of reference ``key`` (a view into the map); KeyError if
-        it has none stored."""
-        if not self.has(key):
-            raise KeyError(f"reference key {key} has no stored features")
-        s = int(self.frame_start[key])
-        return self.segments[int(self.segment[key])][s : s + int(self.frames[key])]
-
-    @property
-    def n_references(self) -> int:
-        return int((self.frames > 0).sum())
 
 
 _REF_COLUMNS = (
@@ -512,14 +180,11 @@ class Catalog:
             (root / SEGMENT_DIR).mkdir(exist_ok=True)
             (root / SNAPSHOT_DIR).mkdir(exist_ok=True)
             (root / FEATURE_DIR).mkdir(exist_ok=True)
-            lock_fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(lock_fd)
+            lock_fd = try_lock(root / LOCK_FILE)
+            if lock_fd is None:
                 raise CatalogLockedError(
                     f"catalog {root} is being written by another process (LOCK is held)"
-                ) from None
+                )
         try:
             uri = f"file:{db}?mode=ro" if mode == "r" else f"file:{db}"
             conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None,
@@ -679,8 +344,6 @@ class Catalog:
                 p.unlink()
         snap_dir = self.path / SNAPSHOT_DIR
         for p in snap_dir.glob(".tmp-*"):
-            import shutil
-
             shutil.rmtree(p, ignore_errors=True)
 
     @contextlib.contextmanager
@@ -1044,7 +707,7 @@ class Catalog:
             f, rows, dim, crc = row
             path = self.path / SEGMENT_DIR / f
             mm = map_segment(path, verify=verify, model_id=self.model_id)
-            if mm.shape != (rows, dim) or (verify and _stored_crc(path) != crc):
+            if mm.shape != (rows, dim) or (verify and stored_crc(path) != crc):
                 raise CatalogCorruptError(
                     f"segment {path} does not match the catalog's record of it "
                     f"({mm.shape} vs {(rows, dim)})"
@@ -1193,10 +856,6 @@ class Catalog:
             self.features(verify=False)
         return {"segments": len(segs), "rows": int(sum(m.shape[0] for m in segs.values())),
                 "feature_segments": nfeat}
-
-
-def _stored_crc(path: Path) -> int:
-    return read_segment_header(path)[2]
 
 
 @contextlib.contextmanager

@@ -151,7 +151,8 @@ def build_catalog(root: Path, encoder: Encoder, settings: Settings, data: Data, 
     add`` does), cached by everything that shapes it."""
     from streamcover.audio.decode import load_audio
     from streamcover.catalog import store
-    from streamcover.catalog.index import IndexParams, build_snapshot
+    from streamcover.catalog.factory import IndexParams
+    from streamcover.catalog.snapshot import build_snapshot
 
     cs = settings.catalog
     hop = getattr(cs, "reference_hop_seconds", None)

@@ -151,7 +151,7 @@ def iter_paths(paths: list[Path]) -> Iterator[Path]:
 
 def read_manifest(path: Path) -> list[Item]:
     """CSV (header row) or JSONL; ``path`` is required, relative paths resolve to the manifest."""
-    from streamcover.catalog.store import check_extra
+    from streamcover.catalog.records import check_extra
     from streamcover.cli import CliError
     from streamcover.config import get_settings
     from streamcover.manifests import ManifestError, read_manifest_rows
@@ -212,7 +212,8 @@ def add_items(cat: Catalog, encoder: Encoder, items: list[Item], *, batch: int =
               progress: bool = True) -> AddSummary:
     """Embed and store ``items`` in durable batches, skipping what is already stored."""
     from streamcover.audio.decode import AudioDecodeError
-    from streamcover.catalog.store import ModelMismatchError, ReferenceInput, check_extra
+    from streamcover.catalog.errors import ModelMismatchError
+    from streamcover.catalog.records import ReferenceInput, check_extra
     from streamcover.config import get_settings
 
     cat.check_model(encoder.model_id, f"encoder {encoder.model_id!r}")
@@ -299,7 +300,8 @@ def rebuild_reasons(stats: dict[str, Any], model_id: str | None = None) -> list[
 
 
 def _build_index(path: Path, full: bool = False) -> Path | None:
-    from streamcover.catalog.index import IndexParams, build_snapshot
+    from streamcover.catalog.factory import IndexParams
+    from streamcover.catalog.snapshot import build_snapshot
     from streamcover.catalog.store import Catalog
     from streamcover.config import get_settings
 
@@ -311,7 +313,8 @@ def _build_index(path: Path, full: bool = False) -> Path | None:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from streamcover.catalog.store import Catalog, CatalogError
+    from streamcover.catalog.errors import CatalogError
+    from streamcover.catalog.store import Catalog
     from streamcover.cli import CliError
 
     items: list[Item] = []
@@ -342,7 +345,8 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
-    from streamcover.catalog.store import Catalog, CatalogError
+    from streamcover.catalog.errors import CatalogError
+    from streamcover.catalog.store import Catalog
     from streamcover.cli import CliError
 
     try:
@@ -361,7 +365,8 @@ def _list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from streamcover.catalog.store import Catalog, CatalogError
+    from streamcover.catalog.errors import CatalogError
+    from streamcover.catalog.store import Catalog
     from streamcover.cli import CliError
 
     try:
@@ -387,8 +392,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from streamcover.catalog.index import Snapshot, current_snapshot_path
-    from streamcover.catalog.store import Catalog, CatalogError
+    from streamcover.catalog.errors import CatalogError
+    from streamcover.catalog.snapshot import Snapshot, current_snapshot_path
+    from streamcover.catalog.store import Catalog
     from streamcover.cli import CliError
 
     path = catalog_path(args)
@@ -424,7 +430,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from streamcover.catalog.store import CatalogError
+    from streamcover.catalog.errors import CatalogError
     from streamcover.cli import CliError
 
     try:
@@ -436,7 +442,8 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _compact(args: argparse.Namespace) -> int:
-    from streamcover.catalog.store import Catalog, CatalogError
+    from streamcover.catalog.errors import CatalogError
+    from streamcover.catalog.store import Catalog
     from streamcover.cli import CliError
 
     path = catalog_path(args)
@@ -452,8 +459,9 @@ def _compact(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from streamcover.catalog.index import Snapshot, current_snapshot_path
-    from streamcover.catalog.store import Catalog, CatalogError
+    from streamcover.catalog.errors import CatalogError
+    from streamcover.catalog.snapshot import Snapshot, current_snapshot_path
+    from streamcover.catalog.store import Catalog
     from streamcover.cli import CliError
 
     path = catalog_path(args)
@@ -473,7 +481,8 @@ def _verify(args: argparse.Namespace) -> int:
 def _reembed(args: argparse.Namespace) -> int:
     """Embed every live reference's source audio with the new model into a sibling
     catalog, then swap directories. Resumable: the sibling keeps what it has."""
-    from streamcover.catalog.store import Catalog, CatalogError
+    from streamcover.catalog.errors import CatalogError
+    from streamcover.catalog.store import Catalog
     from streamcover.cli import CliError
     from streamcover.config import get_settings
 

@@ -39,8 +39,8 @@ def _run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from streamcover.audio.decode import AudioDecodeError
+    from streamcover.catalog.errors import CatalogError
     from streamcover.catalog.search import TwoStageSearcher
-    from streamcover.catalog.store import CatalogError
     from streamcover.cli import CliError
     from streamcover.commands.catalog import catalog_path, load_encoder
     from streamcover.config import get_settings

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from streamcover.catalog.index import IndexParams
-from streamcover.catalog.store import ReferenceInput
+from streamcover.catalog.factory import IndexParams
+from streamcover.catalog.records import ReferenceInput
 from streamcover.catalog.synthetic import SyntheticCorpus, SyntheticRef, SyntheticSpec
 
 MODEL = "test-model-a"

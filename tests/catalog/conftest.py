@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from catalog_helpers import MODEL, N_WORKS, PARAMS, as_input, make_corpus
 
-from streamcover.catalog.index import IndexParams, build_snapshot
+from streamcover.catalog.factory import IndexParams
+from streamcover.catalog.snapshot import build_snapshot
 from streamcover.catalog.store import Catalog
 from streamcover.catalog.synthetic import SyntheticCorpus, SyntheticRef
 

@@ -10,18 +10,13 @@ import numpy as np
 import pytest
 from catalog_helpers import MODEL, PARAMS, as_input
 
-from streamcover.catalog.index import SearchView, build_snapshot
-from streamcover.catalog.store import (
-    FEATURE_DIR,
-    MAX_EXTRA_BYTES,
-    SEGMENT_HEADER_BYTES,
-    Catalog,
-    CatalogCorruptError,
-    CatalogError,
-    ReferenceInput,
-    quantize_features,
-)
+from streamcover.catalog.errors import CatalogCorruptError, CatalogError
+from streamcover.catalog.records import MAX_EXTRA_BYTES, ReferenceInput
+from streamcover.catalog.segments import SEGMENT_HEADER_BYTES, quantize_features
+from streamcover.catalog.snapshot import build_snapshot
+from streamcover.catalog.store import FEATURE_DIR, Catalog
 from streamcover.catalog.synthetic import SyntheticRef
+from streamcover.catalog.view import SearchView
 
 FPS = 2.1533
 

@@ -12,25 +12,20 @@ import numpy as np
 import pytest
 from catalog_helpers import MODEL, PARAMS, as_input
 
-from streamcover.catalog.index import (
+from streamcover.catalog.errors import CatalogCorruptError, CatalogError, ModelMismatchError
+from streamcover.catalog.factory import IndexParams, projection
+from streamcover.catalog.search import Stage1Memo, TwoStageSearcher
+from streamcover.catalog.snapshot import (
     REFIT_GROWTH,
     BackgroundBuilder,
-    IndexParams,
-    SearchView,
     Snapshot,
-    SnapshotWatcher,
     build_snapshot,
     current_snapshot_path,
-    projection,
 )
-from streamcover.catalog.search import Stage1Memo, TwoStageSearcher
-from streamcover.catalog.store import (
-    Catalog,
-    CatalogCorruptError,
-    CatalogError,
-    ModelMismatchError,
-)
+from streamcover.catalog.store import Catalog
 from streamcover.catalog.synthetic import SyntheticCorpus, SyntheticRef
+from streamcover.catalog.view import SearchView
+from streamcover.catalog.watcher import SnapshotWatcher
 
 
 def _query_from(ref: SyntheticRef, first: int, m: int, corpus_seed: int = 0) -> np.ndarray:

@@ -12,17 +12,16 @@ import numpy as np
 import pytest
 from catalog_helpers import DIM, MODEL, as_input
 
-from streamcover.catalog.index import SearchView
-from streamcover.catalog.store import (
-    SEGMENT_DIR,
-    Catalog,
+from streamcover.catalog.errors import (
     CatalogCorruptError,
     CatalogLockedError,
     CatalogNotFoundError,
     ModelMismatchError,
-    ReferenceInput,
 )
+from streamcover.catalog.records import ReferenceInput
+from streamcover.catalog.store import SEGMENT_DIR, Catalog
 from streamcover.catalog.synthetic import SyntheticRef
+from streamcover.catalog.view import SearchView
 
 
 def test_add_list_get_remove_and_version(tmp_path: Path, refs: list[SyntheticRef]) -> None:

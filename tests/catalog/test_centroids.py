@@ -11,16 +11,12 @@ import pytest
 from catalog_helpers import MODEL, PARAMS, as_input
 
 from streamcover.catalog.centroids import query_centroid, reference_centroids
-from streamcover.catalog.index import (
-    CENTROID_FILES,
-    IndexParams,
-    SearchView,
-    build_snapshot,
-    current_snapshot_path,
-)
+from streamcover.catalog.factory import IndexParams
 from streamcover.catalog.search import TwoStageSearcher
+from streamcover.catalog.snapshot import CENTROID_FILES, build_snapshot, current_snapshot_path
 from streamcover.catalog.store import Catalog
 from streamcover.catalog.synthetic import SyntheticCorpus, SyntheticRef
+from streamcover.catalog.view import SearchView
 
 
 def test_reference_centroids_are_unit_means_of_unit_rows() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamcover.catalog.index import IndexParams, make_index
+from streamcover.catalog.factory import IndexParams, make_index
+from streamcover.catalog.records import RefLayout
 from streamcover.catalog.screen import ProjectedRows, projection_of
-from streamcover.catalog.store import RefLayout
 
 
 def test_rows_are_found_by_reference_in_any_storage_order() -> None:

@@ -129,8 +129,10 @@ def reference_chunks(wave_wire: np.ndarray, frontend: Any) -> tuple[np.ndarray, 
 def build_catalog(path: Path, encoder: Any, works: dict[str, Score], settings: Settings) -> None:
     """The real catalog: store + HNSW snapshot, references embedded with ``encoder``."""
     from streamcover.audio.frontend import make_frontend
-    from streamcover.catalog.index import IndexParams, build_snapshot
-    from streamcover.catalog.store import Catalog, ReferenceInput
+    from streamcover.catalog.factory import IndexParams
+    from streamcover.catalog.records import ReferenceInput
+    from streamcover.catalog.snapshot import build_snapshot
+    from streamcover.catalog.store import Catalog
 
     fe = make_frontend(settings.frontend)
     refs = []
