@@ -66,6 +66,13 @@ class Verifier:
             return None
         return cls(settings.candidates, max_query_seconds=settings.max_query_seconds)
 
+    def warm_up(self) -> None:
+        """Compile the alignment kernel now (numba; seconds on first use), not on a stream's
+        first window."""
+        rng = np.random.default_rng(0)
+        align_candidates(rng.random((12, 40), dtype=np.float32),
+                         [rng.integers(0, 256, (40, 12), dtype=np.uint8)])
+
     def unverified(self, maxmean: np.ndarray) -> np.ndarray:
         """The fused score of candidates that were not aligned (an alignment of 0)."""
         mm = np.nan_to_num(np.asarray(maxmean, np.float64), nan=0.0)
