@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _progress(disabled: bool) -> Any:
-    from streamcover.commands.catalog import _progress as catalog_progress
+    from streamcover.progress import progress_bar as catalog_progress
 
     return catalog_progress(disabled)
 
@@ -350,7 +350,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     import torch
 
     from streamcover.cli import CliError
-    from streamcover.commands.catalog import load_encoder
+    from streamcover.commands.common import cli_encoder as load_encoder
     from streamcover.config import PROJECT_ROOT, default_cache_dir, get_settings
     from streamcover.eval.detect import run_stream, sweep, verify
     from streamcover.eval.detect_data import DataError

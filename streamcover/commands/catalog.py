@@ -14,6 +14,8 @@ Examples::
 ``add`` is resumable: re-running it after an interruption skips every reference
 already stored (by id, and by content hash for files added without an id), so no
 reference is stored twice. ``--catalog PATH`` overrides ``settings.catalog.path``.
+The work itself is the library's (``streamcover.catalog.ingest``, ``.store``, ``.snapshot``);
+this module parses arguments and prints.
 """
 
 from __future__ import annotations
@@ -22,20 +24,11 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from streamcover.catalog.store import Catalog
-    from streamcover.model.inference import Encoder
-
-AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4",
-                  ".webm", ".mka", ".mkv", ".aiff", ".aif", ".wma"}
-_KNOWN_FIELDS = ("id", "path", "title", "artist", "rights_holder", "duration")
+from streamcover.commands.common import catalog_path, cli_encoder
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -93,209 +86,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     re_.set_defaults(handler=_reembed)
 
 
-# ----------------------------------------------------------------------------- helpers
-
-
-def catalog_path(args: argparse.Namespace) -> Path:
-    from streamcover.config import get_settings
-
-    return Path(args.catalog) if args.catalog is not None else get_settings().catalog.path
-
-
-def load_encoder(model: Path | None) -> Encoder:
-    """The encoder from ``model`` or ``settings.encoder.model_path`` (relative to the project)."""
-    from streamcover.cli import CliError
-    from streamcover.config import PROJECT_ROOT, get_settings
-    from streamcover.model.checkpoint import CheckpointError
-    from streamcover.model.inference import Encoder
-
-    s = get_settings()
-    path = model or s.encoder.model_path
-    if not path.is_absolute() and not path.exists():
-        path = PROJECT_ROOT / path
-    if not path.exists():
-        raise CliError(f"encoder checkpoint {path} not found (pass --model)")
-    try:
-        return Encoder.from_checkpoint(path, device=s.encoder.device)
-    except CheckpointError as exc:
-        raise CliError(str(exc)) from exc
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-@dataclass
-class Item:
-    """One reference to add, before embedding."""
-
-    path: Path
-    id: str | None = None
-    title: str | None = None
-    artist: str | None = None
-    rights_holder: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def iter_paths(paths: list[Path]) -> Iterator[Path]:
-    for p in paths:
-        if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
-        else:
-            yield p
-
-
-def read_manifest(path: Path) -> list[Item]:
-    """CSV (header row) or JSONL; ``path`` is required, relative paths resolve to the manifest."""
-    from streamcover.catalog.records import check_extra
-    from streamcover.cli import CliError
-    from streamcover.config import get_settings
-    from streamcover.manifests import ManifestError, read_manifest_rows
-
-    max_extra = get_settings().catalog.max_extra_bytes
-    try:
-        rows = read_manifest_rows(path)
-    except ManifestError as exc:
-        raise CliError(str(exc)) from exc
-    items = []
-    for n, row in rows:
-        if not row.get("path"):
-            raise CliError(f"manifest {path}:{n}: missing 'path'")
-        p = Path(str(row["path"]))
-        if not p.is_absolute():
-            p = path.parent / p
-        extra = {k: v for k, v in row.items() if k not in _KNOWN_FIELDS and v not in (None, "")}
-        name = f"reference {row['id']!r}" if row.get("id") not in (None, "") else str(p)
-        try:
-            check_extra(extra, f"manifest {path}:{n}: {name}", max_extra)
-        except ValueError as exc:
-            raise CliError(str(exc)) from exc
-        items.append(Item(
-            path=p, id=str(row["id"]) if row.get("id") not in (None, "") else None,
-            title=row.get("title") or None, artist=row.get("artist") or None,
-            rights_holder=row.get("rights_holder") or None, extra=extra,
-        ))
-    ids = [i.id for i in items if i.id]
-    dup = {i for i in ids if ids.count(i) > 1}
-    if dup:
-        raise CliError(f"manifest {path}: duplicate ids {sorted(dup)[:5]}")
-    return items
-
-
-def _progress(disabled: bool) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[note]}"),
-                    disable=disabled or not sys.stderr.isatty(), transient=False)
-
-
-@dataclass
-class AddSummary:
-    added: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-
-
-def add_items(cat: Catalog, encoder: Encoder, items: list[Item], *, batch: int = 32,
-              progress: bool = True) -> AddSummary:
-    """Embed and store ``items`` in durable batches, skipping what is already stored."""
-    from streamcover.audio.decode import AudioDecodeError
-    from streamcover.catalog.errors import ModelMismatchError
-    from streamcover.catalog.records import ReferenceInput, check_extra
-    from streamcover.config import get_settings
-
-    cat.check_model(encoder.model_id, f"encoder {encoder.model_id!r}")
-    cs = get_settings().catalog
-    hop = cs.reference_hop_seconds
-    summary = AddSummary()
-    pending: list[ReferenceInput] = []
-
-    def flush() -> None:
-        if pending:
-            res = cat.add_references(pending, encoder.model_id, reference_hop_s=hop,
-                                     feature_fps=encoder.frontend.frames_per_second,
-                                     max_extra_bytes=cs.max_extra_bytes)
-            summary.added += len(res.added)
-            summary.skipped += len(res.skipped)
-            pending.clear()
-
-    with _progress(not progress) as bar:
-        task = bar.add_task("embedding", total=len(items), note="")
-        for item in items:
-            bar.update(task, note=item.path.name[:40])
-            try:
-                if item.id is not None and cat.has_reference(item.id):
-                    summary.skipped += 1
-                    continue
-                digest = file_sha256(item.path)
-                ref_id = item.id or f"sha256:{digest[:16]}"
-                same = cat.find_by_hash(digest)
-                if same is not None or ref_id in {p.id for p in pending}:
-                    summary.skipped += 1
-                    continue
-                check_extra(item.extra, f"{ref_id} ({item.path})", cs.max_extra_bytes)
-                # One decode and front-end pass gives the embeddings and the stored features.
-                emb = encoder.embed(item.path, hop_seconds=hop)
-                if len(emb) == 0:
-                    raise ValueError(
-                        f"{item.path}: shorter than the minimum clip length, nothing to embed"
-                    )
-                pending.append(ReferenceInput(
-                    id=ref_id, vectors=emb.vectors, starts=emb.starts,
-                    title=item.title or item.path.stem, artist=item.artist,
-                    rights_holder=item.rights_holder, duration=float(emb.duration_s),
-                    extra=item.extra, content_hash=digest, source_path=str(item.path.resolve()),
-                    features=emb.features,
-                ))
-            except (AudioDecodeError, OSError, ValueError) as exc:
-                summary.failed.append((str(item.path), str(exc)))
-                print(f"streamcover catalog add: skipping {item.path}: {exc}", file=sys.stderr)
-            except ModelMismatchError:
-                raise
-            finally:
-                bar.advance(task)
-            if len(pending) >= batch:
-                flush()
-        flush()
-    return summary
-
-
-def rebuild_reasons(stats: dict[str, Any], model_id: str | None = None) -> list[str]:
-    """Why ``catalog reembed`` would rebuild a catalog with these ``Catalog.stats()``: another
-    model, another reference hop than ``catalog.reference_hop_seconds``, or references
-    without stored features. Empty when it is current."""
-    from streamcover.config import get_settings
-
-    want = get_settings().catalog.reference_hop_seconds
-    reasons = []
-    if model_id is not None and stats["model_id"] not in (None, model_id):
-        reasons.append(f"built with model {stats['model_id']}, not {model_id}")
-    if stats["references"]:
-        hop = stats["reference_hop_seconds"]
-        if hop is None:
-            reasons.append("reference hop unrecorded (built before catalog.reference_hop_seconds, "
-                           f"on the 10 s query grid); settings ask for {want:g} s")
-        elif abs(hop - want) > 1e-9:
-            reasons.append(f"references at a {hop:g} s hop; settings ask for {want:g} s")
-        missing = stats["references"] - stats["feature_references"]
-        if missing:
-            reasons.append(f"{missing} of {stats['references']} reference(s) have no stored "
-                           "features (stage-3 alignment needs them)")
-    return reasons
-
-
 # ----------------------------------------------------------------------------- handlers
 
 
@@ -314,12 +104,17 @@ def _build_index(path: Path, full: bool = False) -> Path | None:
 
 def _add(args: argparse.Namespace) -> int:
     from streamcover.catalog.errors import CatalogError
+    from streamcover.catalog.ingest import Item, add_items, iter_paths, read_manifest
     from streamcover.catalog.store import Catalog
     from streamcover.cli import CliError
+    from streamcover.manifests import ManifestError
 
     items: list[Item] = []
     if args.manifest is not None:
-        items.extend(read_manifest(args.manifest))
+        try:
+            items.extend(read_manifest(args.manifest))
+        except ManifestError as exc:
+            raise CliError(str(exc)) from exc
     items.extend(Item(path=p) for p in iter_paths(args.paths))
     if not items:
         raise CliError("nothing to add: give audio paths or --manifest")
@@ -327,7 +122,7 @@ def _add(args: argparse.Namespace) -> int:
     if missing:
         raise CliError(f"{len(missing)} path(s) not found, e.g. {missing[0]}")
     path = catalog_path(args)
-    encoder = load_encoder(args.model)
+    encoder = cli_encoder(args.model)
     t0 = time.perf_counter()
     try:
         with Catalog.open(path, "a", model_id=encoder.model_id) as cat:
@@ -393,6 +188,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _stats(args: argparse.Namespace) -> int:
     from streamcover.catalog.errors import CatalogError
+    from streamcover.catalog.ingest import rebuild_reasons
     from streamcover.catalog.snapshot import Snapshot, current_snapshot_path
     from streamcover.catalog.store import Catalog
     from streamcover.cli import CliError
@@ -482,12 +278,13 @@ def _reembed(args: argparse.Namespace) -> int:
     """Embed every live reference's source audio with the new model into a sibling
     catalog, then swap directories. Resumable: the sibling keeps what it has."""
     from streamcover.catalog.errors import CatalogError
+    from streamcover.catalog.ingest import Item, add_items, rebuild_reasons
     from streamcover.catalog.store import Catalog
     from streamcover.cli import CliError
     from streamcover.config import get_settings
 
     path = catalog_path(args)
-    encoder = load_encoder(args.model)
+    encoder = cli_encoder(args.model)
     hop = get_settings().catalog.reference_hop_seconds
     try:
         with Catalog.open(path, "r") as old:

@@ -42,7 +42,8 @@ def _run(args: argparse.Namespace) -> int:
     from streamcover.catalog.errors import CatalogError
     from streamcover.catalog.search import TwoStageSearcher
     from streamcover.cli import CliError
-    from streamcover.commands.catalog import catalog_path, load_encoder
+    from streamcover.commands.common import catalog_path
+    from streamcover.commands.common import cli_encoder as load_encoder
     from streamcover.config import get_settings
 
     if not args.file.is_file():
