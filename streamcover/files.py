@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
+import secrets
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,10 +42,8 @@ def atomic_path(dest: Path, *, durable: bool = False) -> Iterator[Path]:
     writers that choose a format by it. On failure it is removed and ``dest`` is untouched.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{dest.suffix}",
-                                dir=dest.parent)
-    os.close(fd)
-    tmp = Path(name)
+    # Not created here (mkstemp would make it 0600): the writer creates it, under the umask.
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp{dest.suffix}")
     try:
         yield tmp
         if durable:

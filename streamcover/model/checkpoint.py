@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
+from streamcover.files import atomic_path
 from streamcover.model.config import EncoderConfig
 from streamcover.model.net import CoverEncoder
 
@@ -134,15 +134,8 @@ def save_checkpoint(
 def atomic_torch_save(obj: Any, dest: Path) -> None:
     """``torch.save`` to a temp file beside ``dest``, then rename: a crash never leaves a
     half-written checkpoint where a good one was."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dest) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _check_fits(cfg: EncoderConfig, state: Mapping[str, Tensor], where: str) -> CoverEncoder:

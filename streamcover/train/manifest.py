@@ -21,11 +21,8 @@ keyed by the file's path, size and mtime, the segment and the front-end.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from streamcover.data.tracks import TrackSet
+from streamcover.files import atomic_path
 from streamcover.log import get_logger
 from streamcover.manifests import ManifestError, read_manifest_rows
 
@@ -133,15 +131,8 @@ def compute_features(entry: ManifestEntry, frontend: FrontEnd, cache_dir: Path |
         cached.parent.mkdir(parents=True, exist_ok=True)
         # A private temporary name: processes that compute the same entry at once (two
         # evaluations sharing a cache) each rename a whole file; the last one wins.
-        fd, tmp = tempfile.mkstemp(prefix=f".{cached.stem}.", suffix=".tmp", dir=cached.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, feat)
-            os.replace(tmp, cached)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with atomic_path(cached) as tmp, tmp.open("wb") as fh:
+            np.save(fh, feat)
     return feat
 
 

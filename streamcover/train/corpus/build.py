@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from streamcover.files import atomic_path, atomic_write_text
 from streamcover.log import get_logger
 from streamcover.train.corpus import debian, symbolic
 from streamcover.train.corpus.model import Member, PackageLicence, VersionParams, Work
@@ -359,16 +360,12 @@ def render_job(job: RenderJob) -> dict[str, Any] | None:
         "render_seconds": round(time.perf_counter() - t0, 3),
         "params": job.params,
     }
-    tmp = sidecar.with_name(sidecar.name + ".partial")
-    tmp.write_text(json.dumps(record, ensure_ascii=False))
-    os.replace(tmp, sidecar)
+    atomic_write_text(sidecar, json.dumps(record, ensure_ascii=False))
     return record
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def _manifest_row(record: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -378,11 +375,9 @@ def _manifest_row(record: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _licences_md(licences: dict[str, PackageLicence], used: Counter[str]) -> str:

@@ -7,12 +7,12 @@ pedalboard's Rubber Band. Output is mono float32 at the corpus sample rate.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from streamcover.files import atomic_path
 from streamcover.train.corpus.model import VersionParams
 
 _SYNTHS: dict[str, Any] = {}
@@ -230,8 +230,6 @@ def write_audio(path: Path, wave: np.ndarray, sample_rate: int) -> None:
     """Write FLAC (or OGG by suffix) atomically: a partial file, then rename."""
     from pedalboard.io import AudioFile
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".partial" + path.suffix)
-    with AudioFile(str(tmp), "w", samplerate=sample_rate, num_channels=1) as f:
+    with atomic_path(path) as tmp, AudioFile(str(tmp), "w", samplerate=sample_rate,
+                                             num_channels=1) as f:
         f.write(wave[None, :].astype(np.float32))
-    os.replace(tmp, path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from streamcover.files import atomic_path, atomic_write_text
 from streamcover.log import get_logger
 from streamcover.train.corpus.melody import cluster_melodies, normalise_title
 from streamcover.train.corpus.model import Member, Work
@@ -116,9 +116,9 @@ def prepare_member(args: tuple[Member, str]) -> Prepared | None:
         prepared = _convert(member, cache / f"{stem}.mid")
     except Exception as exc:  # music21 raises many types on odd encodings
         log.warning("corpus.member_unparsable", member=member.key, error=str(exc)[:200])
-        _atomic_write_text(meta_path, json.dumps({"failed": True, "error": str(exc)[:500]}))
+        atomic_write_text(meta_path, json.dumps({"failed": True, "error": str(exc)[:500]}))
         return None
-    _atomic_write_text(
+    atomic_write_text(
         meta_path,
         json.dumps(
             {
@@ -154,9 +154,8 @@ def _convert(member: Member, midi_path: Path) -> Prepared:
     melody = [top[k] for k in sorted(top)]
     if len(melody) < 8:
         raise ValueError("fewer than 8 melody notes")
-    tmp = midi_path.with_suffix(".partial.mid")
-    pm.write(str(tmp))
-    os.replace(tmp, midi_path)
+    with atomic_path(midi_path) as tmp:
+        pm.write(str(tmp))
     return Prepared(member.key, str(midi_path), tuple(melody), len(parts), float(pm.get_end_time()))
 
 
@@ -203,12 +202,6 @@ def score_to_midi(score: Any, default_qpm: float) -> Any:
                     open_ties[midi] = note
         pm.instruments.append(inst)
     return pm
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # --- discovery -------------------------------------------------------------------------
