@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from streamcover.catalog.screen import behind_projection
 from streamcover.catalog.records import live_mask
+from streamcover.catalog.screen import behind_projection
 
 
 def reference_centroids(vectors: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
