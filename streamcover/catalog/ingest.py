@@ -4,14 +4,17 @@
 run. It is resumable: references already stored (by id, and by content hash for files
 added without an id, which get the id ``sha256:<16 hex>``) are skipped, and each batch is
 one durable commit, so re-running an interrupted add stores nothing twice.
-:func:`rebuild_reasons` says why a catalog no longer matches the settings.
+:func:`rebuild_reasons` says why a catalog no longer matches the settings, and
+``reembed_items`` / ``rebuild_path`` / ``swap_in`` are the steps of rebuilding it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +25,7 @@ from streamcover.manifests import ManifestError, read_manifest_rows
 from streamcover.progress import progress_bar
 
 if TYPE_CHECKING:
+    from streamcover.catalog.records import Reference
     from streamcover.catalog.store import Catalog
     from streamcover.model.inference import Encoder
 
@@ -188,3 +192,38 @@ def rebuild_reasons(stats: dict[str, Any], model_id: str | None = None) -> list[
             reasons.append(f"{missing} of {stats['references']} reference(s) have no stored "
                            "features (stage-3 alignment needs them)")
     return reasons
+
+
+def reembed_items(refs: Iterable[Reference]) -> tuple[list[Item], list[str]]:
+    """What a rebuild re-embeds: an item per reference whose source audio is still on disk
+    (id and metadata kept), and the ids of those whose audio is gone."""
+    items, missing = [], []
+    for r in refs:
+        src = Path(r.source_path) if r.source_path else None
+        if src is None or not src.is_file():
+            missing.append(r.id)
+            continue
+        items.append(Item(path=src, id=r.id, title=r.title, artist=r.artist,
+                          rights_holder=r.rights_holder, extra=r.extra))
+    return items, missing
+
+
+def rebuild_path(path: Path, model_id: str, hop_s: float) -> Path:
+    """The sibling directory a rebuild for ``model_id`` at ``hop_s`` is built in. Its name
+    keys what it is built for, so a resumed run continues only its own."""
+    digest = hashlib.sha256(f"{model_id}|hop={hop_s!r}".encode()).hexdigest()[:12]
+    return path.with_name(f"{path.name}.reembed-{digest}")
+
+
+def swap_in(path: Path, new_path: Path) -> Path:
+    """Rename the rebuilt catalog ``new_path`` over ``path``, keeping the old one as
+    ``<name>.old-<time>`` (returned), so a bad rebuild can be put back by hand."""
+    stamp = time.strftime('%Y%m%dT%H%M%S')
+    backup = path.with_name(f"{path.name}.old-{stamp}")
+    n = 1
+    while backup.exists():  # a second rebuild within the same second
+        backup = path.with_name(f"{path.name}.old-{stamp}-{n}")
+        n += 1
+    os.rename(path, backup)
+    os.rename(new_path, path)
+    return backup

@@ -21,9 +21,7 @@ this module parses arguments and prints.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -278,7 +276,13 @@ def _reembed(args: argparse.Namespace) -> int:
     """Embed every live reference's source audio with the new model into a sibling
     catalog, then swap directories. Resumable: the sibling keeps what it has."""
     from streamcover.catalog.errors import CatalogError
-    from streamcover.catalog.ingest import Item, add_items, rebuild_reasons
+    from streamcover.catalog.ingest import (
+        add_items,
+        rebuild_path,
+        rebuild_reasons,
+        reembed_items,
+        swap_in,
+    )
     from streamcover.catalog.store import Catalog
     from streamcover.cli import CliError
     from streamcover.config import get_settings
@@ -296,20 +300,11 @@ def _reembed(args: argparse.Namespace) -> int:
             refs = list(old.references())
     except CatalogError as exc:
         raise CliError(str(exc)) from exc
-    items, missing = [], []
-    for r in refs:
-        src = Path(r.source_path) if r.source_path else None
-        if src is None or not src.is_file():
-            missing.append(r.id)
-            continue
-        items.append(Item(path=src, id=r.id, title=r.title, artist=r.artist,
-                          rights_holder=r.rights_holder, extra=r.extra))
+    items, missing = reembed_items(refs)
     if missing and not args.skip_missing:
         raise CliError(f"{len(missing)} reference(s) have no source audio on disk "
                        f"(e.g. {missing[0]}); pass --skip-missing to drop them")
-    # The sibling's name keys what it is built for, so a resumed run continues only its own.
-    digest = hashlib.sha256(f"{encoder.model_id}|hop={hop!r}".encode()).hexdigest()[:12]
-    new_path = path.with_name(f"{path.name}.reembed-{digest}")
+    new_path = rebuild_path(path, encoder.model_id, hop)
     try:
         with Catalog.open(new_path, "a", model_id=encoder.model_id) as new:
             summary = add_items(new, encoder, items, batch=args.batch,
@@ -320,14 +315,7 @@ def _reembed(args: argparse.Namespace) -> int:
         raise CliError(f"{len(summary.failed)} reference(s) failed to embed; fix and re-run "
                        f"(progress is kept in {new_path})")
     _build_index(new_path, full=True)
-    stamp = time.strftime('%Y%m%dT%H%M%S')
-    backup = path.with_name(f"{path.name}.old-{stamp}")
-    n = 1
-    while backup.exists():  # a second rebuild within the same second
-        backup = path.with_name(f"{path.name}.old-{stamp}-{n}")
-        n += 1
-    os.rename(path, backup)
-    os.rename(new_path, path)
+    backup = swap_in(path, new_path)
     print(f"re-embedded {summary.added + summary.skipped} reference(s) with {encoder.model_id} "
           f"at a {hop:g} s reference hop ({'; '.join(reasons) or 'forced'}); "
           f"old catalog kept at {backup}" + (f"; dropped {len(missing)}" if missing else ""))
