@@ -36,13 +36,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from consumers.engine import Engine, build_engine
 from consumers.kafka import admin_kwargs, consumer_kwargs, ensure_topics, producer_kwargs
-from consumers.metrics import Metrics, serve
-from consumers.pipeline import InRecord, Output, Pipeline
 from streamcover.config import KafkaSettings, Settings, get_settings
 from streamcover.events import encode, value_budget
 from streamcover.log import get_logger
+from streamcover.monitor.engine import Engine, build_engine
+from streamcover.monitor.metrics import Metrics, serve
+from streamcover.monitor.pipeline import InRecord, Output, Pipeline
 
 log = get_logger("streamcover.monitor")
 

@@ -122,7 +122,7 @@ def _live_waves(scores: list[Any], rate: int) -> list[np.ndarray]:
 
 def bench(args: argparse.Namespace) -> None:
     from consumers.broker import KafkaBroker
-    from consumers.engine import load_encoder, resolve_model_path
+    from streamcover.monitor.engine import load_encoder, resolve_model_path
 
     base = get_settings()
     encoder, trained = load_encoder(base)
@@ -190,11 +190,11 @@ def bench(args: argparse.Namespace) -> None:
 
 def calibrate(args: argparse.Namespace) -> None:
     """Score distributions of covers vs unrelated works and the false alarms they imply."""
-    from consumers.engine import load_encoder
     from streamcover.audio.chunking import chunk_features
     from streamcover.audio.frontend import make_frontend
     from streamcover.audio.resample import StreamResampler
     from streamcover.catalog.search import TwoStageSearcher
+    from streamcover.monitor.engine import load_encoder
 
     base = get_settings()
     encoder, trained = load_encoder(base)

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from consumers.engine import Engine, build_engine
 from consumers.monitor import Monitor
-from consumers.pipeline import InRecord, Pipeline
 from consumers.producer import FramePublisher, kafka_producer
 from streamcover.config import Settings
 from streamcover.events import AudioFrame, DeadLetter, MatchEvent, SourceKind, decode, encode
+from streamcover.monitor.engine import Engine, build_engine
+from streamcover.monitor.pipeline import InRecord, Pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -35,9 +35,7 @@ from monitor_harness import (
 )
 from monitor_world import WIRE_RATE, World
 
-from consumers.engine import Engine, build_engine
 from consumers.kafka import admin_kwargs, consumer_kwargs, ensure_topics
-from consumers.pipeline import InRecord, Pipeline
 from consumers.producer import kafka_producer
 from streamcover.config import Settings
 from streamcover.events import (
@@ -49,6 +47,8 @@ from streamcover.events import (
     decode_any,
     encode,
 )
+from streamcover.monitor.engine import Engine, build_engine
+from streamcover.monitor.pipeline import InRecord, Pipeline
 
 pytestmark = pytest.mark.slow
 

@@ -33,7 +33,6 @@ from monitor_harness import (
 )
 from monitor_world import World
 
-from consumers.engine import Engine, build_engine
 from consumers.monitor import (
     EXIT_DUPLICATE,
     EXIT_STATE_LOAD,
@@ -47,9 +46,10 @@ from consumers.monitor import (
     same_instance,
     split_output,
 )
-from consumers.pipeline import Output
 from streamcover.config import Settings
 from streamcover.events import MatchEvent
+from streamcover.monitor.engine import Engine, build_engine
+from streamcover.monitor.pipeline import Output
 
 FAULT_KAFKA: dict[str, int] = dict(session_timeout_ms=6_000, heartbeat_interval_ms=1_000, transaction_timeout_ms=30_000,
                    request_timeout_ms=10_000)

@@ -213,7 +213,7 @@ def _crash_setup(world: World, kafka_broker: Any, tag: str) -> tuple[Settings, d
     """Fresh settings, the crash streams and what one uninterrupted pipeline decides on them."""
     from monitor_harness import reference_events
 
-    from consumers.engine import build_engine
+    from streamcover.monitor.engine import build_engine
 
     settings = fresh_settings(world, kafka_broker, tag)
     streams = _crash_streams(world)
@@ -268,7 +268,7 @@ async def test_two_monitors_with_a_rebalance_give_the_same_events_as_one(
 ) -> None:
     from monitor_harness import reference_events
 
-    from consumers.engine import build_engine
+    from streamcover.monitor.engine import build_engine
 
     settings = fresh_settings(world, kafka_broker, "rebal")
     streams = _crash_streams(world)

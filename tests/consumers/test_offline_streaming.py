@@ -14,10 +14,10 @@ import soundfile as sf
 import structlog
 from monitor_harness import reference_events
 
-from consumers.engine import build_engine
 from streamcover.audio.decode import load_audio
 from streamcover.cli import main
 from streamcover.config import Settings
+from streamcover.monitor.engine import build_engine
 
 WIRE = 22_050
 CATALOGUED = ("menu_enhanced.opus", "track22.opus", "track8.opus")

@@ -11,10 +11,10 @@ import pytest
 from monitor_harness import frames_of
 from monitor_world import WIRE_RATE, World
 
-from consumers.engine import build_engine
-from consumers.pipeline import InRecord, Pipeline
 from streamcover.audio.frontend import FeatureStream
 from streamcover.events import AudioFrame, MatchEvent, StreamState, decode_any, encode
+from streamcover.monitor.engine import build_engine
+from streamcover.monitor.pipeline import InRecord, Pipeline
 
 
 @pytest.fixture(scope="module")

@@ -117,8 +117,8 @@ async def test_a_refused_file_sends_nothing(kafka_settings: KafkaSettings, tmp_p
 
 def test_the_monitor_core_ends_an_aborted_stream_with_its_verdict(world: World) -> None:
     """An aborted eos is an end like any other: the stream gets its final at once."""
-    from consumers.engine import build_engine
-    from consumers.pipeline import InRecord, Pipeline
+    from streamcover.monitor.engine import build_engine
+    from streamcover.monitor.pipeline import InRecord, Pipeline
 
     rate = world.settings.audio.wire_sample_rate
     wave = world.copy_of("work-1", 30.0)[: 25 * rate]  # the upload broke off at 25 s

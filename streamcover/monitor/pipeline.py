@@ -41,19 +41,15 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from consumers.engine import Engine
-from consumers.metrics import Metrics
-from streamcover.audio.chunking import ChunkGeometry, normalize_chunks
 from streamcover.audio.frontend import FeatureStream, push_many
 from streamcover.audio.resample import StreamResampler
-from streamcover.catalog.search import Stage1Memo
 from streamcover.config import Settings
 from streamcover.events import (
     AudioFrame,
@@ -71,15 +67,15 @@ from streamcover.events import (
     event_id,
 )
 from streamcover.log import get_logger
-from streamcover.match.align import N_BINS
-from streamcover.match.decision import Decision, StreamMatcher
-from streamcover.match.sequence import Sequencer, Slot
-from streamcover.match.verify import quantise_features
+from streamcover.match.decision import Decision
+from streamcover.match.sequence import Slot
+from streamcover.monitor.engine import Engine
+from streamcover.monitor.metrics import Metrics
+from streamcover.monitor.stream import LAST, AudioBlock, Job, StreamRuntime
 
 log = get_logger("streamcover.monitor")
 
 MARK_PREFIX = "__mark__"
-LAST = 1 << 62  # job order after every record of a batch (evictions)
 CLOSED_SEQ = 1 << 62  # next_seq of a stream closed by a fault: all its later frames are dropped
 
 
@@ -110,313 +106,6 @@ class Output:
     # input partition -> next offset to read after a restart
     offsets: dict[int, int] = field(default_factory=dict)
     windows: int = 0
-
-
-@dataclass
-class _Audio:
-    samples: np.ndarray  # mono float32 at the stream's rate
-    offset: int
-    closed_at: float  # wall clock when this audio was sent (window-close reference)
-    eos: bool
-    order: int = 0  # batch position of its record (a fault is dead-lettered with it)
-
-
-@dataclass
-class _Job:
-    """A window to embed and decide, or an end of stream to finish (``chunk is None``)."""
-
-    stream: StreamRuntime
-    index: int
-    start: float
-    end: float
-    chunk: np.ndarray | None
-    closed_at: float
-    finish_at: float | None = None
-    # Position in the batch of the record that completed it: jobs run in this order, as
-    # if every record had been transformed on arrival (features are computed per batch).
-    order: int = 0
-
-
-class StreamRuntime:
-    """Buffers, feature stream and decision state of one stream."""
-
-    def __init__(self, stream_id: str, source: Any, partition: int, sample_rate: int,
-                 settings: Settings, engine: Engine, first_seq: int, first_sample: int,
-                 first_offset: int, title: str | None) -> None:
-        self.stream_id = stream_id
-        self.source = source
-        self.partition = partition
-        self.sample_rate = sample_rate
-        self.settings = settings
-        self.engine = engine
-        self.title = title
-        fps = float(engine.frontend.frames_per_second)
-        self.fps = fps
-        # The windowing rules of streamcover.audio.chunking, so that a file embedded offline
-        # (identify, catalog add) and the same audio streamed give the same chunks.
-        geo = ChunkGeometry.make(fps, settings.audio.window_seconds, settings.audio.hop_seconds,
-                                 settings.audio.min_clip_seconds)
-        self.win_f, self.hop_f, self.min_f = geo.window, geo.hop, geo.min_frames
-        # Stage 3 aligns an upload's features from its start (quantised like the catalog's,
-        # at most verify.max_query_seconds of them); live decisions do not use stage 3.
-        verify = settings.verify
-        self.query_cap = (max(1, round(verify.max_query_seconds * fps))
-                          if verify.enabled and source == "upload"
-                          and int(engine.frontend.n_bins) == N_BINS else 0)
-        self.query_blocks: list[np.ndarray] = []  # uint8 [bins, n] blocks
-        self.query_frames = 0
-        gap_s = settings.audio.max_gap_seconds
-        self.seq: Sequencer[_Audio] = Sequencer(
-            max_gap_frames=min(settings.monitor.max_gap_frames,
-                               int(gap_s / settings.audio.frame_seconds + 1e-9)),
-            reorder_frames=settings.monitor.reorder_frames,
-            next_seq=first_seq, next_sample=first_sample,
-            max_gap_samples=int(gap_s * sample_rate),
-        )
-        self.matcher = StreamMatcher(stream_id, source, settings.match,
-                                     settings.audio.window_seconds, settings.audio.hop_seconds)
-        self.embeddings: dict[int, np.ndarray] = {}
-        self.chunk_start: dict[int, float] = {}
-        # Stage-1 neighbours of this stream's chunks by window index (indices only grow), so
-        # each window searches the catalog graph for its new chunk only.
-        self.stage1_memo = Stage1Memo()
-        self.next_window = 0
-        self.finished = False
-        self.low_water = first_offset
-        self.recent: deque[tuple[int, int, int, int]] = deque(maxlen=64)  # offset, seq, start, n
-        self.last_active = time.monotonic()
-        self.skip_until = first_sample
-        self.discard = 0  # feature frames to drop after a restore (see resume_point)
-        self.failed = False  # closed by a fault: checkpointed as finished, later frames dropped
-        self.last_offset = first_offset  # newest record of this stream seen
-        self._new_epoch(first_sample)
-
-    # ---- epochs: a fresh feature grid (start, or after a large gap) ----------------------
-    def _new_epoch(self, origin_sample: int, frames_done: int = 0,
-                   tail: np.ndarray | None = None, win_start: int | None = None,
-                   epoch_first: int | None = None, epoch_windows: int = 0, last_end: int = 0) -> None:
-        self.grid_origin = origin_sample
-        self.frames_done = frames_done
-        self.resampler = StreamResampler(self.sample_rate, int(self.engine.frontend.sample_rate))
-        self.fstream = self.engine.frontend.stream()
-        bins = int(self.engine.frontend.n_bins)
-        self.feats = tail if tail is not None else np.zeros((bins, 0), dtype=np.float32)
-        # Audio resampled but not yet turned into features (see ``feed``/``sync``): blocks
-        # with their window-close time, the ``frames_emitted`` count each one completes and
-        # the batch position of their record.
-        self.pending: list[tuple[np.ndarray, float, int, int]] = []
-        self.pending_samples = 0
-        self.win_start = win_start if win_start is not None else frames_done
-        self.epoch_first = epoch_first if epoch_first is not None else frames_done
-        self.epoch_windows = epoch_windows
-        self.last_end = last_end
-
-    @property
-    def hop_stream(self) -> float:
-        """Stream-rate samples per feature frame."""
-        return self.engine.hop_samples * self.sample_rate / float(self.engine.frontend.sample_rate)
-
-    def frame_time(self, frame: int) -> float:
-        return self.grid_origin / self.sample_rate + frame / self.fps
-
-    def resume_point(self) -> int:
-        """Where re-reading must start after a restore, so features continue *exactly*: one
-        feature frame before the next one due. The fresh feature stream's first frame (no
-        left context, resampler warming up) is discarded; the frames after it see only
-        real samples, so they equal those of an uninterrupted run."""
-        back = 1 if self.frames_done >= 1 else 0
-        return round(self.grid_origin + (self.frames_done - back) * self.hop_stream)
-
-    # ---- audio in --------------------------------------------------------------------------
-    def feed(self, audio: np.ndarray, start_sample: int, closed_at: float, order: int = 0) -> None:
-        """Take a block of in-order audio: resample it now, compute its features later.
-
-        Features are computed by ``sync`` (this stream alone) or by the pipeline for all
-        streams at once at the end of a batch (``Pipeline._sync_features``); either way
-        each window gets the close time of the block that completed it, as if every block
-        had been transformed on arrival.
-        """
-        if start_sample < self.skip_until:
-            cut = self.skip_until - start_sample
-            audio = audio[cut:]
-        if audio.size == 0:
-            return
-        res = self.resampler.push(audio)
-        if res.size == 0:
-            return
-        self.pending_samples += int(res.size)
-        self.pending.append((res, closed_at, int(self.fstream.frames_after(self.pending_samples)), order))
-
-    def take_pending(self) -> np.ndarray | None:
-        """The pending audio as one block (None if there is none); it stays pending until
-        ``absorb`` is given its features."""
-        if not self.pending:
-            return None
-        if len(self.pending) == 1:
-            return self.pending[0][0]
-        return np.concatenate([b for b, _, _, _ in self.pending])
-
-    def absorb(self, new: np.ndarray, jobs: list[_Job]) -> None:
-        """Features [bins, n] of ``fstream.push(take_pending())``: split them back over the
-        pending blocks and cut the windows each block completed."""
-        pending, self.pending, self.pending_samples = self.pending, [], 0
-        base = int(self.fstream.frames_emitted) - new.shape[1]
-        pos = 0
-        for _block, closed_at, upto, order in pending:
-            end = max(pos, upto - base)
-            self._take(new[:, pos:end], closed_at, order, jobs)
-            pos = end
-        if pos != new.shape[1]:
-            raise RuntimeError(f"stream {self.stream_id}: {new.shape[1]} feature frames for "
-                               f"pending audio that completes {pos}")
-
-    def sync(self, jobs: list[_Job]) -> None:
-        """Compute this stream's pending features now (before a finish, gap or set list)."""
-        x = self.take_pending()
-        if x is not None:
-            self.absorb(np.asarray(self.fstream.push(x), dtype=np.float32), jobs)
-
-    def _take(self, new: np.ndarray, closed_at: float, order: int, jobs: list[_Job]) -> None:
-        if self.discard and new.ndim == 2 and new.shape[1]:
-            drop = min(self.discard, new.shape[1])
-            new = new[:, drop:]
-            self.discard -= drop
-        if new.ndim == 2 and new.shape[1]:
-            self.feats = np.concatenate([self.feats, new], axis=1) if self.feats.size else new
-            self.frames_done += new.shape[1]
-            self._keep_query(new)
-        self._cut(closed_at, order, jobs)
-
-    def _keep_query(self, new: np.ndarray) -> None:
-        room = self.query_cap - self.query_frames
-        if room > 0:
-            block = quantise_features(new[:, :room])
-            self.query_blocks.append(block)
-            self.query_frames += block.shape[1]
-
-    def query_features(self) -> np.ndarray | None:
-        """The stream's features from its start for stage 3 (uint8 [bins, T]), or None."""
-        if not self.query_frames:
-            return None
-        if len(self.query_blocks) > 1:
-            self.query_blocks = [np.concatenate(self.query_blocks, axis=1)]
-        return self.query_blocks[0]
-
-    def _cut(self, closed_at: float, order: int, jobs: list[_Job]) -> None:
-        buf0 = self.frames_done - self.feats.shape[1]  # grid frame of feats[:, 0]
-        while self.frames_done >= self.win_start + self.win_f:
-            lo = self.win_start - buf0
-            chunk = normalize_chunks(self.feats[None, :, lo : lo + self.win_f].copy())[0]
-            start = self.frame_time(self.win_start)
-            jobs.append(_Job(self, self.next_window, start, start + self.win_f / self.fps, chunk, closed_at,
-                             order=order))
-            self.next_window += 1
-            self.epoch_windows += 1
-            self.last_end = self.win_start + self.win_f
-            self.win_start += self.hop_f
-        # keep the next window's frames, and the last W frames (an end-aligned tail window)
-        keep_from = min(self.win_start, self.frames_done - self.win_f) - buf0
-        if keep_from > 0:
-            self.feats = self.feats[:, keep_from:]
-
-    def discontinuity(self, origin_sample: int, jobs: list[_Job]) -> None:
-        self.sync(jobs)  # the old epoch's audio ends where the gap starts
-        self._new_epoch(origin_sample)
-        self.skip_until = origin_sample
-        self.discard = 0
-
-    def finish(self, closed_at: float, jobs: list[_Job], order: int = LAST) -> None:
-        """End of stream, with the chunking rules of ``streamcover.audio.chunking``: an
-        end-aligned tail window if ≥ ``min_s`` is uncovered; a clip shorter than one window
-        but ≥ ``min_s`` is one short chunk (so every such upload gets one window)."""
-        self.sync(jobs)
-        epoch_frames = self.frames_done - self.epoch_first
-        avail = self.feats.shape[1]
-        chunk: np.ndarray | None = None
-        first = self.frames_done
-        if self.epoch_windows == 0 and epoch_frames >= self.min_f and avail:
-            n = min(avail, epoch_frames)
-            first = self.frames_done - n
-            chunk = self.feats[:, avail - n :]
-        elif self.epoch_windows and self.frames_done - self.last_end >= self.min_f and avail >= self.win_f:
-            first = self.frames_done - self.win_f
-            chunk = self.feats[:, avail - self.win_f :]
-        if chunk is not None:
-            chunk = normalize_chunks(chunk[None].copy())[0]
-            start = self.frame_time(first)
-            jobs.append(_Job(self, self.next_window, start, start + chunk.shape[1] / self.fps,
-                             chunk, closed_at, order=order))
-            self.next_window += 1
-        end = max(self.frame_time(self.frames_done), self.seq.next_sample / self.sample_rate)
-        jobs.append(_Job(self, self.next_window, end, end, None, closed_at, finish_at=end, order=order))
-        self.finished = True
-
-    # ---- checkpoint --------------------------------------------------------------------------
-    def checkpoint(self, model_id: str, catalog_version: str) -> StreamState:
-        """State as of now; also moves the replay point (``low_water``) forward."""
-        point = self.resume_point()
-        resume = None
-        for off, seq, start, n in reversed(self.recent):
-            if start <= point < start + max(n, 1):
-                resume = (off, seq, start)
-                break
-        if resume is None:
-            # Nothing buffered holds the point: resume with the next frame to come.
-            last = self.recent[-1] if self.recent else None
-            nxt = (last[0] + 1) if last else self.low_water
-            resume = (nxt, self.seq.next_seq, self.seq.next_sample)
-        if self.finished:  # past every record of it seen (also dropped ones): see Pipeline._close
-            after = self.recent[-1][0] + 1 if self.recent else self.low_water
-            resume = (max(after, self.last_offset + 1), self.seq.next_seq, self.seq.next_sample)
-        self.low_water = resume[0]
-        idx = sorted(self.embeddings)
-        dim = int(next(iter(self.embeddings.values())).shape[0]) if self.embeddings else 0
-        emb = (np.stack([self.embeddings[i] for i in idx]).astype("<f2").tobytes() if idx else b"")
-        bins = int(self.feats.shape[0])
-        return StreamState(
-            stream_id=self.stream_id, source=self.source, title=self.title,
-            finished=self.finished, sample_rate=self.sample_rate,
-            resume_seq=resume[1], resume_sample=resume[2], resume_offset=resume[0],
-            grid_origin_sample=self.grid_origin, frames_done=self.frames_done,
-            win_start=self.win_start, epoch_windows=self.epoch_windows, last_end=self.last_end,
-            next_window=self.next_window, feature_bins=bins,
-            feature_tail=self.feats.astype("<f4").tobytes(), embed_dim=dim,
-            chunk_index=idx, chunk_start=[self.chunk_start[i] for i in idx], embeddings=emb,
-            matcher=self.matcher.to_state(), model_id=model_id, catalog_version=catalog_version,
-            updated_at=time.time(), query_features=self._query_bytes(),
-        )
-
-    def _query_bytes(self) -> bytes:
-        q = self.query_features()
-        return b"" if q is None or self.finished else q.tobytes()
-
-    @classmethod
-    def restore(cls, st: StreamState, partition: int, settings: Settings, engine: Engine) -> StreamRuntime:
-        rt = cls(st.stream_id, st.source, partition, st.sample_rate, settings, engine,
-                 st.resume_seq, st.resume_sample, st.resume_offset, st.title)
-        rt.last_offset = st.resume_offset - 1  # nothing of it read yet in this incarnation
-        tail = st.feature_matrix()
-        if tail.size == 0:
-            tail = np.zeros((int(engine.frontend.n_bins), 0), dtype=np.float32)
-        rt._new_epoch(st.grid_origin_sample, st.frames_done, tail, st.win_start, 0,
-                      st.epoch_windows, st.last_end)
-        rt.skip_until = rt.resume_point()
-        rt.discard = 1 if st.frames_done >= 1 else 0
-        # If the resume point lies in a silence-filled hole, the hole is filled again.
-        rt.seq.next_sample = min(st.resume_sample, rt.skip_until)
-        rt.next_window = st.next_window
-        vecs = st.embedding_matrix()
-        for i, (ci, cs) in enumerate(zip(st.chunk_index, st.chunk_start, strict=True)):
-            rt.embeddings[ci] = vecs[i]
-            rt.chunk_start[ci] = cs
-        rt.matcher = StreamMatcher.from_state(st.matcher, st.stream_id, st.source, settings.match,
-                                              settings.audio.window_seconds, settings.audio.hop_seconds)
-        rt.finished = st.finished
-        if rt.query_cap and st.query_features and st.feature_bins:
-            q = np.frombuffer(st.query_features, np.uint8).reshape(st.feature_bins, -1)
-            rt.query_blocks = [q[:, : rt.query_cap].copy()]
-            rt.query_frames = rt.query_blocks[0].shape[1]
-        return rt
 
 
 class Pipeline:
@@ -489,7 +178,7 @@ class Pipeline:
     def process(self, records: Sequence[InRecord], now: float | None = None) -> Output:
         now = time.time() if now is None else now
         out = Output()
-        jobs: list[_Job] = []
+        jobs: list[Job] = []
         touched: dict[str, StreamRuntime] = {}
         self._batch = records
         self._ended_now = set()
@@ -616,7 +305,7 @@ class Pipeline:
             rt.failed = True
             rt.pending, rt.pending_samples = [], 0
 
-    def _close_job(self, rt: StreamRuntime, jobs: list[_Job], order: int, closed_at: float) -> None:
+    def _close_job(self, rt: StreamRuntime, jobs: list[Job], order: int, closed_at: float) -> None:
         """End a failed stream after the windows it completed so far (no more features)."""
         if rt.finished:
             return  # its end job is already queued
@@ -625,11 +314,11 @@ class Pipeline:
         except Exception:
             end = 0.0
         end = end if math.isfinite(end) else 0.0
-        jobs.append(_Job(rt, rt.next_window, end, end, None, closed_at, finish_at=end, order=order))
+        jobs.append(Job(rt, rt.next_window, end, end, None, closed_at, finish_at=end, order=order))
         rt.finished = True
 
     def _record_fault(self, rec: InRecord, replay: bool, exc: Exception, now: float, out: Output,
-                      jobs: list[_Job], touched: dict[str, StreamRuntime], order: int) -> None:
+                      jobs: list[Job], touched: dict[str, StreamRuntime], order: int) -> None:
         current = self._current
         rt = self.streams.get(current[0]) if current is not None else None
         self._fault(rt, rec, "record", exc, out, sid=current[0] if current else None)
@@ -669,7 +358,7 @@ class Pipeline:
                                     self.engine.model_id, self.engine.catalog_version))
 
     # ---- records ---------------------------------------------------------------------------------
-    def _record(self, rec: InRecord, replay: bool, now: float, out: Output, jobs: list[_Job],
+    def _record(self, rec: InRecord, replay: bool, now: float, out: Output, jobs: list[Job],
                 touched: dict[str, StreamRuntime], order: int = 0) -> None:
         s = self.settings
         self.metrics.frames_in.inc()
@@ -739,7 +428,7 @@ class Pipeline:
         if frame.sample_rate != s.audio.wire_sample_rate:
             self.metrics.frames_converted.labels("resample").inc()
         closed_at = frame.sent_at if math.isfinite(frame.sent_at) and 0 < frame.sent_at <= now + 5 else now
-        audio = _Audio(samples, rec.offset, closed_at, frame.eos, order)
+        audio = AudioBlock(samples, rec.offset, closed_at, frame.eos, order)
         slot = Slot(frame.seq, frame.start_sample, int(samples.size), audio)
         actions = rt.seq.push(slot)
         if frame.eos:
@@ -766,7 +455,7 @@ class Pipeline:
                 rt.finish(item.closed_at, jobs, order)
 
     # ---- features ----------------------------------------------------------------------------------
-    def _sync_features(self, jobs: list[_Job], out: Output) -> None:
+    def _sync_features(self, jobs: list[Job], out: Output) -> None:
         """Features of every stream with pending audio in one batched front-end call
         (``push_many``: one FFT/peak-picking pass over the frames of all streams). If the
         batch raises, each stream is retried alone from its state before the batch, so only
@@ -804,7 +493,7 @@ class Pipeline:
                 self._feature_fault(rt, order, "windows", exc, jobs, out)
 
     def _feature_fault(self, rt: StreamRuntime, order: int, phase: str, exc: Exception,
-                       jobs: list[_Job], out: Output) -> None:
+                       jobs: list[Job], out: Output) -> None:
         self._fault(rt, self._rec_at(order), phase, exc, out)
         self._close_job(rt, jobs, order, time.time())
 
@@ -860,7 +549,7 @@ class Pipeline:
                  sample_rate=frame.sample_rate)
         return rt
 
-    def _evict(self, now: float, jobs: list[_Job], touched: dict[str, StreamRuntime]) -> None:
+    def _evict(self, now: float, jobs: list[Job], touched: dict[str, StreamRuntime]) -> None:
         limit = time.monotonic() - self.settings.monitor.idle_evict_seconds
         for sid, rt in list(self.streams.items()):
             if rt.last_active < limit and not rt.finished:
@@ -873,7 +562,7 @@ class Pipeline:
                     self._close_job(rt, jobs, LAST, now)
                 touched[sid] = rt
 
-    def _evict_orphans(self, now: float, jobs: list[_Job], touched: dict[str, StreamRuntime],
+    def _evict_orphans(self, now: float, jobs: list[Job], touched: dict[str, StreamRuntime],
                        out: Output) -> None:
         """Finish restored checkpoints whose stream sent nothing while its partition moved
         ``idle_evict_seconds`` past the checkpoint: they would hold its offset forever."""
@@ -901,7 +590,7 @@ class Pipeline:
             touched[sid] = rt
 
     # ---- embedding, search, decisions ---------------------------------------------------------
-    def _embed(self, jobs: list[_Job]) -> tuple[dict[int, np.ndarray], dict[int, Exception]]:
+    def _embed(self, jobs: list[Job]) -> tuple[dict[int, np.ndarray], dict[int, Exception]]:
         """Embeddings of the window jobs, batched across streams by chunk length; a batch
         that raises is retried job by job, and the jobs that still fail are returned."""
         vectors: dict[int, np.ndarray] = {}
@@ -927,7 +616,7 @@ class Pipeline:
                     vectors[i] = v
         return vectors, failed
 
-    def _embed_batch(self, part: list[_Job]) -> np.ndarray:
+    def _embed_batch(self, part: list[Job]) -> np.ndarray:
         batch = np.stack([j.chunk for j in part])  # type: ignore[misc]
         t0 = time.perf_counter()
         emb = np.asarray(self.engine.encoder.embed_chunks(batch), dtype=np.float32)
@@ -937,7 +626,7 @@ class Pipeline:
             raise ValueError(f"encoder returned {emb.shape} / non-finite values for {len(part)} windows")
         return emb
 
-    def _run_jobs(self, jobs: list[_Job], out: Output, now: float) -> None:
+    def _run_jobs(self, jobs: list[Job], out: Output, now: float) -> None:
         windows = [j for j in jobs if j.chunk is not None]
         vectors, failed = self._embed(jobs)
         self.metrics.windows.inc(len(windows))
@@ -957,7 +646,7 @@ class Pipeline:
                 self._fault(rt, self._rec_at(j.order), phase, exc, out)
                 self._finish_now(rt, j, out, now)
 
-    def _decide(self, j: _Job, vector: np.ndarray | None, out: Output, now: float) -> None:
+    def _decide(self, j: Job, vector: np.ndarray | None, out: Output, now: float) -> None:
         rt = j.stream
         if j.chunk is None:
             for d in rt.matcher.finish(j.finish_at or j.end, j.index):
@@ -981,7 +670,7 @@ class Pipeline:
         for d in rt.matcher.on_window(j.index, j.start, j.end, hits):
             out.events.append(self._event(d, now, j.closed_at))
 
-    def _finish_now(self, rt: StreamRuntime, j: _Job, out: Output, now: float) -> None:
+    def _finish_now(self, rt: StreamRuntime, j: Job, out: Output, now: float) -> None:
         """A stream failed while deciding: its end event now (the matcher's verdict so far,
         or an aborted final if the matcher itself cannot give one)."""
         rt.finished = True
