@@ -155,7 +155,7 @@ class EncoderSettings(BaseModel):
     cpu_precision: Literal["fp32", "bf16"] = "fp32"
 
 
-# The faiss index kinds a catalog snapshot can be built as (streamcover.catalog.index).
+# The faiss index kinds a catalog snapshot can be built as (streamcover.catalog.factory).
 IndexKind = Literal["hnsw", "hnsw_sq8", "hnsw_sq4", "hnsw_pq"]
 
 # How two chunk sets' MaxMean directions combine into one score (streamcover.model.maxmean).
@@ -176,7 +176,7 @@ class CatalogSettings(BaseModel):
     # > 0: build the HNSW graph over the embeddings' top pca_dim principal directions
     # (4x fewer bytes per graph step at 128 of 512; at or above the embedding dimension,
     # no projection). The projection is refitted by a full rebuild as the catalog grows
-    # (catalog.index.REFIT_GROWTH). Stage 1 re-scores exactly, unless stage 2 screens.
+    # (catalog.snapshot.REFIT_GROWTH). Stage 1 re-scores exactly, unless stage 2 screens.
     pca_dim: int = Field(128, ge=0)
     # Stage 1: each query chunk's top_k nearest *distinct* references, looked for among its
     # top_k * stage1_fetch_factor nearest chunks (a nearby reference has several).

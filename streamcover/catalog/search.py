@@ -1,4 +1,4 @@
-"""ByteCover3 two-stage retrieval over a :class:`~streamcover.catalog.index.SearchView`.
+"""ByteCover3 two-stage retrieval over a :class:`~streamcover.catalog.view.SearchView`.
 
 Stage 1: each query chunk's K nearest distinct references (K=50) in the HNSW graph,
 found among its ``K * fetch_factor`` nearest chunks; their union is the candidate
