@@ -316,7 +316,7 @@ def read_records(path: Path) -> tuple[dict[str, Any], list[StreamResult]]:
     return doc["meta"], [StreamResult.from_json(d) for d in doc["streams"]]
 
 
-def plot_det(path: Path, sw: Sweep, op_index: int, title: str) -> None:
+def plot_det(path: Path, sw: Sweep, op_index: int | None, title: str) -> None:
     """Miss rate against false alarms per stream-hour, one curve per class."""
     import matplotlib
 
@@ -334,7 +334,8 @@ def plot_det(path: Path, sw: Sweep, op_index: int, title: str) -> None:
     ax.set_xlabel("false alarms per stream-hour (unrelated real music)")
     ax.set_ylabel("miss rate")
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"{title}\noperating point: threshold {sw.thresholds[op_index]:.3f}")
+    where = ("not reached" if op_index is None else f"threshold {sw.thresholds[op_index]:.3f}")
+    ax.set_title(f"{title}\noperating point ({TARGET_FA_PER_HOUR}/h): {where}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
@@ -402,18 +403,26 @@ def _calibrate(args: argparse.Namespace) -> int:
                 "search_seconds": round(time.perf_counter() - t_search, 1),
             }
             write_records(records, results, meta)
-    thresholds = np.round(np.arange(0.20, 0.951, 0.005), 4)
+    thresholds = np.round(np.arange(0.20, 1.0001, 0.005), 4)
     sw = sweep(results, thresholds, settings.match.min_chunks)
     if sw.negative_streams == 0:
         raise CliError("no negative streams: cannot measure false alarms")
     try:
-        op = sw.operating_point(args.target)
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
-    thr = float(sw.thresholds[op])
-    release = round(RELEASE_RATIO * thr, 4)
-    chosen = settings.match.model_copy(update={"threshold": thr, "release_threshold": release})
-    ver = verify(results, chosen, settings.audio)
+        op: int | None = sw.operating_point(args.target)
+    except ValueError:
+        op = None  # reported as not reached; the curve is still written
+    op_doc: dict[str, Any] = {"target_fa_per_hour": args.target, "reached": op is not None}
+    if op is not None:
+        thr = float(sw.thresholds[op])
+        release = round(RELEASE_RATIO * thr, 4)
+        chosen = settings.match.model_copy(update={"threshold": thr, "release_threshold": release})
+        ver = verify(results, chosen, settings.audio)
+        op_doc.update({"threshold": thr, "release_threshold": release, **sw.row(op),
+                       "verified": {"false_alarm_events": ver.false_alarm_events,
+                                    "negative_streams_with_events": ver.negative_streams_with_events,
+                                    "detected": ver.detected,
+                                    "wrong_reference_events": ver.wrong_reference_events,
+                                    "disagreements": len(ver.disagreements)}})
     at_run = _run_figures(results, settings.match.threshold)
     scores, rates = curve_points(sw.negative_best.tolist(), sw.negative_hours)
     doc = {
@@ -426,13 +435,7 @@ def _calibrate(args: argparse.Namespace) -> int:
                  "positive_streams": sw.positives},
         "curve": {"score": [round(float(s), 5) for s in scores],
                   "fa_per_hour": [round(float(r), 6) for r in rates]},
-        "operating_point": {"target_fa_per_hour": args.target, "threshold": thr,
-                            "release_threshold": release, **sw.row(op),
-                            "verified": {"false_alarm_events": ver.false_alarm_events,
-                                         "negative_streams_with_events": ver.negative_streams_with_events,
-                                         "detected": ver.detected,
-                                         "wrong_reference_events": ver.wrong_reference_events,
-                                         "disagreements": len(ver.disagreements)}},
+        "operating_point": op_doc,
         "at_run_threshold": at_run,
         "sweep": [sw.row(i) for i in range(0, len(thresholds), 2)],
         "negative_best_scores": {"max": round(float(np.max(sw.negative_best)), 4),
@@ -445,7 +448,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
         plot_det(plot, sw, op, f"{meta['model_id']} — {sw.negative_hours:.1f} h of unrelated music")
     _report(doc, sw, op, time.perf_counter() - t0, None if args.no_write else (out, plot), records)
-    return 0
+    return 0 if op is not None else 1
 
 
 def _run_figures(results: Sequence[StreamResult], threshold: float) -> dict[str, Any]:
@@ -465,7 +468,7 @@ def _run_figures(results: Sequence[StreamResult], threshold: float) -> dict[str,
             "recall": {k: round(sum(v) / len(v), 4) for k, v in sorted(detected.items())}}
 
 
-def _report(doc: dict[str, Any], sw: Sweep, op: int, seconds: float,
+def _report(doc: dict[str, Any], sw: Sweep, op: int | None, seconds: float,
             written: tuple[Path, Path] | None, records: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -478,7 +481,7 @@ def _report(doc: dict[str, Any], sw: Sweep, op: int, seconds: float,
     classes = sorted(sw.recall)
     for col in ["threshold", "FA", "FA/h", "wrong ref", *classes]:
         table.add_column(col)
-    marks = sorted({op, *range(0, len(sw.thresholds), 10)})
+    marks = sorted({*([] if op is None else [op]), *range(0, len(sw.thresholds), 10)})
     for i in marks:
         r = sw.row(i)
         table.add_row(("* " if i == op else "") + f"{r['threshold']:.3f}", str(r["false_alarms"]),
