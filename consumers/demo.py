@@ -1,6 +1,6 @@
 """`streamcover demo`: the whole product on one machine, end to end, in a few minutes.
 
-1. starts a local Kafka broker (consumers/broker.py; jars fetched once into the cache);
+1. starts a local Kafka broker (``consumers.broker``; jars fetched once into the cache);
 2. renders five short works (consumers/media.py) and builds a catalog from them with the
    encoder the monitor uses (the shipped model if present, else an untrained one: said loudly);
 3. starts the monitor in-process;

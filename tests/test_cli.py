@@ -2,24 +2,53 @@
 
 from __future__ import annotations
 
+import argparse
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
-from streamcover.cli import COMMAND_MODULES
+import pytest
+
+from consumers.cli import build_parser
+from streamcover.cli import build_parser as build_library_parser
 
 
-def test_help_lists_every_subcommand() -> None:
+def _subcommands(parser: argparse.ArgumentParser) -> list[str]:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return list(actions[0].choices)
+
+
+SERVICE_COMMANDS = ["demo", "monitor", "setlist", "send", "mic", "broker"]
+LIBRARY_COMMANDS = ["catalog", "identify", "embed", "train", "eval", "calibrate", "corpus"]
+
+
+def test_full_parser_has_services_then_library_commands() -> None:
+    assert _subcommands(build_parser()) == SERVICE_COMMANDS + LIBRARY_COMMANDS
+    assert _subcommands(build_library_parser()) == LIBRARY_COMMANDS
+
+
+@pytest.mark.parametrize("module", ["consumers", "streamcover"])
+def test_help_lists_every_subcommand(module: str) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "streamcover", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for name in COMMAND_MODULES:
+    for name in SERVICE_COMMANDS + LIBRARY_COMMANDS:
         assert f"    {name}" in out
 
 
 def test_console_script_matches_module() -> None:
-    import shutil
-    from pathlib import Path
-
     exe = shutil.which("streamcover") or str(Path(sys.executable).parent / "streamcover")
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True).stdout
     assert out.startswith("streamcover ")
+    helptext = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "    monitor" in helptext and "    catalog" in helptext
+
+
+def test_library_main_refuses_a_service_handler_it_was_not_given() -> None:
+    """``streamcover.cli`` alone cannot reach the services: the handler must be provided."""
+    from streamcover.cli import CliError
+    from streamcover.commands import services
+
+    with pytest.raises(CliError, match="Kafka service"):
+        services.run_service("no-such:entry", argparse.Namespace())

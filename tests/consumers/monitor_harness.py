@@ -111,7 +111,7 @@ def spawn_monitor(env: dict[str, str], instance: str, log: Path) -> subprocess.P
     full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     fh = open(log, "ab")  # noqa: SIM115 - handed to the child
     return subprocess.Popen(
-        [sys.executable, "-m", "streamcover", "--log-format", "json", "monitor", "--instance-id", instance],
+        [sys.executable, "-m", "consumers", "--log-format", "json", "monitor", "--instance-id", instance],
         cwd=ROOT, env=full, stdout=fh, stderr=subprocess.STDOUT,
     )
 

@@ -366,7 +366,7 @@ def test_cli_run_prints_bootstrap_and_stops_on_sigterm(tmp_path: Path) -> None:
     """``streamcover broker run`` on a free port; SIGTERM shuts the JVM down cleanly."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamcover", "broker", "run", "--port", str(port)],
+        [sys.executable, "-m", "consumers", "broker", "run", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -391,7 +391,7 @@ def test_cli_run_prints_bootstrap_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert log_dir.is_dir()
 
         settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}")
-        from consumers.broker import probe_cluster
+        from consumers.broker.probe import probe_cluster
 
         info: dict[str, Any] = asyncio.run(probe_cluster(settings, timeout_s=10))
         assert info["brokers"][0]["port"] == port

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from consumers.broker import DEFAULT_KAFKA_VERSION, MESSAGE_MAX_BYTES, POM_PATH
-from streamcover.commands.broker import DEFAULT_KAFKA_VERSION as CLI_KAFKA_VERSION
+from consumers.broker.jars import DEFAULT_KAFKA_VERSION, POM_PATH
+from consumers.broker.process import MESSAGE_MAX_BYTES
 from streamcover.config import PROJECT_ROOT, KafkaSettings, Settings
 
 yaml = pytest.importorskip("yaml")
@@ -62,7 +62,7 @@ def test_kafka_image_matches_the_jars_and_broker_settings() -> None:
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
     pom_version = pom.find("m:properties/m:kafka.version", ns)
     assert pom_version is not None
-    assert image_version == pom_version.text == DEFAULT_KAFKA_VERSION == CLI_KAFKA_VERSION
+    assert image_version == pom_version.text == DEFAULT_KAFKA_VERSION
     env = kafka["environment"]
     assert int(env["KAFKA_MESSAGE_MAX_BYTES"]) == MESSAGE_MAX_BYTES
     assert KafkaSettings().max_message_bytes <= MESSAGE_MAX_BYTES

@@ -17,7 +17,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from pydantic import SecretStr
 
-from consumers.broker import KafkaBroker, make_test_certificates
+from consumers.broker import KafkaBroker
+from consumers.broker.certificates import make_test_certificates
 from consumers.kafka import consumer_kwargs, ensure_topics, producer_kwargs, ssl_context
 from streamcover.config import KafkaSettings
 
@@ -185,7 +186,7 @@ def test_session_broker_keeps_its_password_off_command_lines_and_logs(
 
 
 def test_broker_run_prints_a_password_file_not_the_password(kafka_broker: KafkaBroker) -> None:
-    from consumers.broker import env_lines
+    from consumers.broker.cli import env_lines
 
     lines = env_lines(kafka_broker)
     assert not any(kafka_broker.sasl_password in line for line in lines)

@@ -23,6 +23,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from streamcover.commands.services import run_service
+    from consumers.cli_tools import send_main
 
-    return int(run_service("cli_tools:send_main", args) or 0)
+    return send_main(args)

@@ -2,7 +2,7 @@
 
 ``broker fetch`` downloads the jars once (ops/setup.sh calls it); ``broker run`` starts a
 combined broker+controller on 127.0.0.1 and prints the settings to reach it. The work is
-done in ``consumers/broker.py``, reached through ``services.run_service`` at run time.
+done in ``consumers.broker`` (imported when the command runs, so ``--help`` stays fast).
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# Kept in step with consumers.broker.DEFAULT_KAFKA_VERSION (not imported: no consumers at import).
-DEFAULT_KAFKA_VERSION = "4.4.0"
+from consumers.broker.jars import DEFAULT_KAFKA_VERSION
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,13 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from consumers.broker.cli import cli_main
+    from consumers.broker.errors import BrokerError
     from streamcover.cli import CliError
-    from streamcover.commands.services import run_service
 
     try:
-        return int(run_service("broker:cli_main", args))
-    except RuntimeError as exc:
-        # consumers.broker.BrokerError (a RuntimeError): missing java/mvn, port in use, ...
-        if type(exc).__name__ == "BrokerError":
-            raise CliError(str(exc)) from exc
-        raise
+        return cli_main(args)
+    except BrokerError as exc:  # missing java/mvn, port in use, ...
+        raise CliError(str(exc)) from exc

@@ -22,6 +22,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from streamcover.commands.services import run_service
+    from consumers.cli_tools import mic_main
 
-    return int(run_service("cli_tools:mic_main", args) or 0)
+    return mic_main(args)

@@ -1,4 +1,4 @@
-"""`streamcover demo`: broker, catalog, monitor and three streams, end to end (consumers/demo.py)."""
+"""`streamcover demo`: broker, catalog, monitor and three streams, end to end (``consumers.demo``)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from streamcover.commands.services import run_service
+    from consumers.demo import main
 
-    return int(run_service("demo:main", args) or 0)
+    return main(args)

@@ -18,18 +18,20 @@ printed output: the PLAIN JAAS entry sits in ``server.properties`` and the SCRAM
 JVM argument file, both written mode 0600, the argument file removed once storage is
 formatted; ``broker run`` names a 0600 file holding the password instead of printing it.
 
-Its command line is ``streamcover broker run|fetch``, which calls :func:`cli_main`.
+Jars: ``consumers.broker.jars``; certificates: ``consumers.broker.certificates``; readiness
+probe: ``consumers.broker.probe``; the command line ``streamcover broker run|fetch``:
+``consumers.broker.cli``.
+
+Length: one class, the broker's whole lifecycle (properties, format, launch, readiness,
+stop), kept in one module because every step shares its ports, directories and process.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import atexit
 import base64
-import concurrent.futures
 import contextlib
-import fcntl
 import hashlib
 import os
 import secrets
@@ -37,30 +39,26 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from pydantic import SecretStr
 
-from streamcover.config import PROJECT_ROOT, KafkaSettings, default_cache_dir
+from consumers.broker.certificates import make_test_certificates
+from consumers.broker.errors import BrokerError, run_checked
+from consumers.broker.jars import DEFAULT_KAFKA_VERSION, LOG4J2_CONFIG, fetch_jars
+from consumers.broker.probe import in_thread, probe_cluster
+from streamcover.config import KafkaSettings
 from streamcover.log import get_logger
 
-log = get_logger("consumers.broker")
-
-DEFAULT_KAFKA_VERSION = "4.4.0"
-"""Broker version the pom fetches by default (see docs/broker.md for why)."""
-
-OPS_DIR = PROJECT_ROOT / "ops" / "kafka"
-POM_PATH = OPS_DIR / "pom.xml"
-LOG4J2_CONFIG = OPS_DIR / "log4j2.xml"
+log = get_logger(__name__)
 
 SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 """Mechanisms the SASL_SSL listener accepts; SCRAM users are created at format time."""
@@ -71,90 +69,6 @@ MESSAGE_MAX_BYTES = 8 * 1024 * 1024
 Kafka's default (~1 MiB) is smaller than a maximal audio frame plus its dead-letter envelope;
 ``KafkaSettings.max_message_bytes`` matches this on the client side.
 """
-
-_COMPLETE_MARKER = ".streamcover-complete"
-
-
-class BrokerError(RuntimeError):
-    """The local broker could not be fetched, formatted or started (message says which)."""
-
-
-# --------------------------------------------------------------------------- jars
-
-
-def libs_dir(version: str = DEFAULT_KAFKA_VERSION, cache_dir: Path | None = None) -> Path:
-    """Where the jars of one Kafka version live (outside the work tree)."""
-    return (cache_dir or default_cache_dir()) / "kafka" / version / "libs"
-
-
-def jars_present(libs: Path) -> bool:
-    """True when a previous fetch completed into ``libs``."""
-    return (libs / _COMPLETE_MARKER).is_file() and any(libs.glob("kafka_2.13-*.jar"))
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Serialise fetches across processes (parallel test runs, several engineers)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def fetch_jars(
-    version: str = DEFAULT_KAFKA_VERSION,
-    *,
-    cache_dir: Path | None = None,
-    force: bool = False,
-    quiet: bool = True,
-    log4j2_version: str | None = None,
-) -> Path:
-    """Copy the broker jars from Maven Central into the cache, unless already there.
-
-    Idempotent: a marker file records a complete fetch, and a file lock keeps two processes
-    from fetching at once. Returns the directory holding the jars.
-    """
-    libs = libs_dir(version, cache_dir)
-    if jars_present(libs) and not force:
-        return libs
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise BrokerError(
-            "Maven ('mvn') is not on PATH; it is needed once to fetch the Kafka jars "
-            "(apt-get install -y maven, or run ops/setup.sh)"
-        )
-    if not POM_PATH.is_file():
-        raise BrokerError(f"Kafka jar manifest {POM_PATH} is missing (run from a source checkout)")
-    with _file_lock(libs.parent / ".fetch.lock"):
-        if jars_present(libs) and not force:
-            return libs
-        if libs.exists():
-            shutil.rmtree(libs)
-        cmd = [
-            mvn, "-B", "-f", str(POM_PATH), "dependency:copy-dependencies",
-            f"-Dkafka.version={version}", f"-Dkafka.libs.dir={libs}",
-        ]
-        if quiet:
-            cmd.insert(1, "-q")
-        if log4j2_version:
-            cmd.append(f"-Dlog4j2.version={log4j2_version}")
-        log.info("fetching kafka jars", version=version, into=str(libs))
-        started = time.monotonic()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-40:])
-            raise BrokerError(
-                f"fetching Kafka {version} jars with Maven failed (exit {proc.returncode}):\n{tail}"
-            )
-        (libs / _COMPLETE_MARKER).write_text(f"{version}\n")
-        log.info("kafka jars ready", version=version, seconds=round(time.monotonic() - started, 1))
-    return libs
-
-
-# --------------------------------------------------------------------------- helpers
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -183,91 +97,6 @@ def _port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def _run_checked(cmd: Sequence[str], what: str, cwd: Path | None = None) -> str:
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, cwd=cwd, check=False)
-    if proc.returncode != 0:
-        out = (proc.stdout + proc.stderr).strip()
-        raise BrokerError(f"{what} failed (exit {proc.returncode}):\n{out[-4000:]}")
-    return proc.stdout
-
-
-def make_test_certificates(directory: Path, hostname: str = "localhost") -> tuple[Path, Path]:
-    """Create a throw-away CA and a server certificate for 127.0.0.1 / ``hostname``.
-
-    Returns ``(ca_pem, server_keystore_pem)``; the keystore holds the PKCS#8 key followed by
-    the certificate chain, which Kafka reads with ``ssl.keystore.type=PEM``. The extensions
-    (CA basic constraints, key usage, SAN, AKI) satisfy strict X.509 verification as done by
-    Python >= 3.13.
-    """
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise BrokerError("openssl is not on PATH; it is needed for the SASL_SSL listener")
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_pem = directory / "ca.key", directory / "ca.pem"
-    key, csr, crt = directory / "server.key", directory / "server.csr", directory / "server.crt"
-    ext = directory / "server.ext"
-    ext.write_text(
-        f"subjectAltName=IP:127.0.0.1,DNS:{hostname}\n"
-        "basicConstraints=critical,CA:FALSE\n"
-        "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth\n"
-        "subjectKeyIdentifier=hash\n"
-        "authorityKeyIdentifier=keyid,issuer\n"
-    )
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _run_checked(
-        [openssl, "req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca_pem),
-         "-days", "30", "-subj", "/CN=streamcover local test CA",
-         "-addext", "basicConstraints=critical,CA:TRUE",
-         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-         "-addext", "subjectKeyIdentifier=hash"],
-        "openssl: creating the test CA",
-    )
-    _run_checked(
-        [openssl, "req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={hostname}"],
-        "openssl: creating the broker key",
-    )
-    _run_checked(
-        [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca_pem), "-CAkey", str(ca_key),
-         "-CAcreateserial", "-out", str(crt), "-days", "30", "-sha256", "-extfile", str(ext)],
-        "openssl: signing the broker certificate",
-    )
-    keystore = directory / "server-keystore.pem"
-    keystore.write_text(key.read_text() + crt.read_text() + ca_pem.read_text())
-    keystore.chmod(0o600)
-    return ca_pem, keystore
-
-
-async def probe_cluster(
-    settings: KafkaSettings, timeout_s: float = 5.0
-) -> dict[str, Any]:
-    """One admin metadata call; returns aiokafka's ``describe_cluster()`` dict."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    from consumers.kafka import admin_kwargs
-
-    kwargs = admin_kwargs(settings)
-    kwargs["request_timeout_ms"] = max(1000, int(timeout_s * 1000))
-    admin = AIOKafkaAdminClient(**kwargs)
-    try:
-        async with asyncio.timeout(timeout_s):
-            await admin.start()
-            info: dict[str, Any] = await admin.describe_cluster()
-            return info
-    finally:
-        await admin.close()
-
-
-def _in_thread(coro_factory: Any) -> Any:
-    """Run ``asyncio.run(coro_factory())`` on a helper thread.
-
-    The launcher is synchronous (fixtures, CLI) but may be called while an event loop is
-    running in this thread (an async test); a private thread and loop work in both cases.
-    """
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka-probe") as pool:
-        return pool.submit(lambda: asyncio.run(coro_factory())).result()
-
-
 def _parent_death_signal() -> None:
     """Ask Linux to SIGTERM the broker if the launching (main) thread dies, e.g. kill -9."""
     try:
@@ -277,9 +106,6 @@ def _parent_death_signal() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
-
-
-# --------------------------------------------------------------------------- broker
 
 
 @dataclass(frozen=True)
@@ -558,7 +384,7 @@ class KafkaBroker:
         props["advertised.listeners"] = ",".join(advertised)
         props["listener.security.protocol.map"] = ",".join(protocol_map)
         props.update(self.extra_properties)
-        lines = ["# written by consumers/broker.py; one combined KRaft broker+controller"]
+        lines = ["# written by consumers/broker/process.py; one combined KRaft broker+controller"]
         lines += [f"{k}={v}" for k, v in props.items()]
         return "\n".join(lines) + "\n"
 
@@ -622,7 +448,7 @@ class KafkaBroker:
     def _format(self, classpath: str, props: Path) -> None:
         argfile = props.with_name("storage-format.args")
         try:
-            _run_checked(self.format_command(classpath, props, argfile),
+            run_checked(self.format_command(classpath, props, argfile),
                          f"formatting KRaft storage ({props})")
         finally:
             argfile.unlink(missing_ok=True)
@@ -657,7 +483,7 @@ class KafkaBroker:
                 )
             if _port_open(self.host, self.ports.plaintext):
                 try:
-                    info = _in_thread(lambda: probe_cluster(settings, timeout_s=5.0))
+                    info = in_thread(lambda: probe_cluster(settings, timeout_s=5.0))
                 except Exception as exc:  # not ready yet: retried until the deadline
                     last_error = exc
                 else:
@@ -722,66 +548,3 @@ def _argfile_line(arg: str) -> str:
     if "\n" in arg or "\r" in arg:
         raise BrokerError("a broker argument may not contain a line break")
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"\n'
-
-
-def env_lines(broker: KafkaBroker) -> list[str]:
-    """The ``STREAMCOVER_KAFKA__*`` lines ``broker run`` prints; the password by file only."""
-    lines = [f"STREAMCOVER_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap_servers}"]
-    if broker.sasl_ssl:
-        lines += [
-            "# SASL_SSL listener:",
-            f"STREAMCOVER_KAFKA__BOOTSTRAP_SERVERS={broker.sasl_ssl_bootstrap_servers}",
-            "STREAMCOVER_KAFKA__SECURITY_PROTOCOL=SASL_SSL",
-            "STREAMCOVER_KAFKA__SASL_MECHANISM=SCRAM-SHA-512",
-            f"STREAMCOVER_KAFKA__SASL_USERNAME={broker.sasl_username}",
-            f'STREAMCOVER_KAFKA__SASL_PASSWORD="$(cat {broker.password_file()})"',
-            f"STREAMCOVER_KAFKA__SSL_CAFILE={broker.ssl_cafile}",
-        ]
-    return lines
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-class _Terminated(BaseException):
-    """Raised from the SIGTERM handler so `with KafkaBroker()` unwinds and stops the JVM."""
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated()
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    """Entry point behind ``streamcover broker``."""
-    if args.broker_action == "fetch":
-        t0 = time.monotonic()
-        present = jars_present(libs_dir(args.kafka_version)) and not args.force
-        libs = fetch_jars(args.kafka_version, force=args.force)
-        how = "already present" if present else f"fetched in {time.monotonic() - t0:.1f} s"
-        print(f"kafka {args.kafka_version} jars in {libs} ({how})")
-        return 0
-    if args.broker_action != "run":
-        raise BrokerError(f"unknown broker action {args.broker_action!r}")
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        with KafkaBroker(
-            version=args.kafka_version, port=args.port, sasl_ssl=args.sasl_ssl,
-            sasl_ssl_port=args.sasl_ssl_port, data_dir=args.data_dir, heap=args.heap,
-        ) as broker:
-            print(f"kafka {broker.version} ready in {broker.startup_seconds:.1f} s "
-                  f"(log: {broker.log_path})")
-            for line in env_lines(broker):
-                print(line)
-            print("Ctrl-C or SIGTERM stops the broker.", flush=True)
-            while True:
-                code = broker.poll()
-                if code is not None:
-                    print(f"kafka broker exited unexpectedly with status {code}; log tail:\n"
-                          f"{broker.log_tail()}", file=sys.stderr)
-                    return 1
-                time.sleep(0.5)
-    except (KeyboardInterrupt, _Terminated):
-        print("kafka broker stopped", flush=True)
-        return 0
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,1 @@
+"""The service subcommands of ``streamcover``, one module each (registered by ``consumers.cli``)."""
