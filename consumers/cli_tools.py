@@ -1,5 +1,6 @@
-"""Entry points of ``streamcover send``, ``mic`` and ``setlist`` (reached via
-``streamcover.commands.services``)."""
+"""Handlers of ``streamcover send``, ``mic`` and ``setlist``: called by ``consumers.commands``
+(send, mic) and, through the table ``consumers.cli`` fills, by ``streamcover/commands/monitor.py``
+(setlist); kept apart so ``--help`` does not import aiokafka."""
 
 from __future__ import annotations
 
