@@ -43,7 +43,7 @@ WORKS = [
     ("Slow Comet", "Elsie & The Tides"),
     ("Juniper Road", "The Fold"),
 ]
-UNTRAINED_MATCH = {"threshold": 0.9985, "release_threshold": 0.9975, "live_threshold": 0.9985,
+UNTRAINED_MATCH = {"threshold": 0.9985, "one_chunk_threshold": 0.9985, "release_threshold": 0.9975, "live_threshold": 0.9985,
                    "chunk_threshold": 0.9975, "change_margin": 0.002, "update_min_delta": 0.0005}
 
 
@@ -76,7 +76,8 @@ async def _demo(args: argparse.Namespace) -> int:
     from consumers.broker import KafkaBroker
     from consumers.monitor import Monitor
     from consumers.producer import kafka_producer, send_waveforms
-    from streamcover.monitor.engine import build_engine, load_encoder
+    from streamcover.model.loading import load_encoder
+    from streamcover.monitor.engine import build_engine
 
     base = get_settings()
     if not args.verbose:  # the demo speaks through its own output; service logs only on trouble
@@ -96,7 +97,7 @@ async def _demo(args: argparse.Namespace) -> int:
             state_topic=f"{tag}.state", group_id=f"{tag}-monitor", transactional_id_prefix=tag,
             audio_partitions=3,
         )
-        encoder, trained = load_encoder(base)
+        encoder, trained = load_encoder(base, allow_untrained=True)
         if trained:
             console.print(f"encoder: shipped model [bold]{encoder.model_id}[/]")
             match = base.match

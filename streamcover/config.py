@@ -219,16 +219,16 @@ class CatalogSettings(BaseModel):
 class MatchSettings(BaseModel):
     """When accumulated evidence becomes a match event."""
 
-    # Calibrated with `ops/bench/bench_monitor.py --calibrate --works 12` on the shipped model
-    # and catalog.score_rule (docs/monitor.md): length-weighted scores, at 0.70 all 58 covers
-    # passed and none of 118 unrelated decisions (re-measured for each shipped model and rule;
-    # last for streamcover-hpcp-compact-t2-f8bbe32d2b2e: best wrong reference max 0.621, p99
-    # 0.603; 5th percentile of covers 0.765, none below 0.708; for …-t2-82801632acc2 max wrong
-    # 0.659). 0.66 served the sixth session's weights (max wrong 0.594); for older weights,
-    # shorter first: 0.68 / 0.58; symmetric: 0.65 / 0.55.
-    threshold: float = Field(0.70, ge=-1, le=1)
+    # Upload decisions, on the fused stage-3 score. Calibrated on real music by `streamcover
+    # calibrate` (models/streamcover-hpcp-compact.calibration.json, docs/monitor.md
+    # "Calibration"): no false alarm in 7.0 h of unrelated Debian music at these points. A
+    # query of one chunk (an upload's first window, or a clip shorter than a window) is
+    # judged against one_chunk_threshold: its best wrong score runs far higher (0.93 against
+    # 0.73 for two chunks or more), since one chunk is compared with every reference chunk.
+    threshold: float = Field(0.74, ge=-1, le=1)
+    one_chunk_threshold: float = Field(0.94, ge=-1, le=1)
     # Hysteresis: an open match is closed only when the score drops below this.
-    release_threshold: float = Field(0.56, ge=-1, le=1)
+    release_threshold: float = Field(0.59, ge=-1, le=1)
     # Live set lists work on chunk similarities (MaxMean's cosine scale), not on the fused
     # stage-3 score: a segment opens when the MaxMean of its newest agreeing chunks reaches
     # live_threshold; a chunk agrees with a reference when its similarity reaches
@@ -254,8 +254,9 @@ class MatchSettings(BaseModel):
 
     @model_validator(mode="after")
     def _hysteresis(self) -> MatchSettings:
-        if self.release_threshold > self.threshold:
-            raise ValueError("match.release_threshold must not exceed match.threshold")
+        if self.release_threshold > min(self.threshold, self.one_chunk_threshold):
+            raise ValueError("match.release_threshold must not exceed match.threshold "
+                             "or match.one_chunk_threshold")
         if self.chunk_threshold > self.live_threshold:
             raise ValueError("match.chunk_threshold must not exceed match.live_threshold")
         return self

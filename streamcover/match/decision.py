@@ -9,7 +9,8 @@ chunks' sims, so the matcher can score a live segment on exactly its own chunks.
 
 Uploads (``source="upload"``), on the hit score (stage 3's fused score when the search
 verified the hit, else MaxMean):
-  * ``match`` the first time a reference's score reaches ``threshold`` with ≥ ``min_chunks``;
+  * ``match`` the first time a reference's score reaches ``threshold`` with ≥ ``min_chunks``
+    (``one_chunk_threshold`` while the query is a single chunk);
   * ``update`` when an open match's score grows by ``update_min_delta`` or its aligned
     reference span grows by ``update_min_span_s``;
   * hysteresis: a match is released only when its score falls below ``release_threshold``;
@@ -260,7 +261,8 @@ class StreamMatcher:
             ref = ranked[0]
             score = scores[ref]
             current = self.matches.get(ref)
-            if (current is None or not current.open) and score >= s.threshold and used >= s.min_chunks:
+            need = s.one_chunk_threshold if used == 1 else s.threshold
+            if (current is None or not current.open) and score >= need and used >= s.min_chunks:
                 q, r = self._ref_span(ref, self.chunks)
                 q = q or (self.chunks[0].start, self.chunks[-1].end)
                 m = _Open(ref, metadata.get(ref, {}), q[0], index, index, score, score,

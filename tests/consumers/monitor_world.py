@@ -85,6 +85,7 @@ class World:
             "STREAMCOVER_ENCODER__THREADS": "1",
             "STREAMCOVER_MATCH__THRESHOLD": str(s.match.threshold),
             "STREAMCOVER_MATCH__RELEASE_THRESHOLD": str(s.match.release_threshold),
+            "STREAMCOVER_MATCH__ONE_CHUNK_THRESHOLD": str(s.match.one_chunk_threshold),
             "STREAMCOVER_MATCH__LIVE_THRESHOLD": str(s.match.live_threshold),
             "STREAMCOVER_MATCH__CHUNK_THRESHOLD": str(s.match.chunk_threshold),
             "STREAMCOVER_VERIFY__ENABLED": str(s.verify.enabled).lower(),
@@ -98,7 +99,8 @@ class World:
 
 
 def test_settings(kafka: KafkaSettings, catalog: Path, model_path: Path, **match: Any) -> Settings:
-    m: dict[str, Any] = dict(threshold=TEST_THRESHOLD, release_threshold=TEST_RELEASE,
+    m: dict[str, Any] = dict(threshold=TEST_THRESHOLD, one_chunk_threshold=TEST_THRESHOLD,
+                             release_threshold=TEST_RELEASE,
                              live_threshold=TEST_THRESHOLD, chunk_threshold=TEST_RELEASE, min_chunks=1,
                              change_margin=0.002, update_min_delta=0.0005,
                              horizon_chunks=6)

@@ -63,7 +63,22 @@ def _song_start(songs: list[tuple[str, float, float]], ref: str) -> float:
 def settings(**kw: Any) -> MatchSettings:
     base: dict[str, Any] = dict(threshold=0.6, release_threshold=0.45, min_chunks=1, horizon_chunks=6)
     base.update(kw)
+    base.setdefault("one_chunk_threshold", base["threshold"])
     return MatchSettings(**base)
+
+
+def test_a_one_chunk_query_needs_the_one_chunk_threshold() -> None:
+    s = settings(threshold=0.7, one_chunk_threshold=0.9, release_threshold=0.5)
+    m = StreamMatcher("u1", "upload", s, WIN, HOP)
+    m.add_chunk(0, 0, 20)
+    assert m.on_window(0, 0, 20, [FakeHit("a", 0.8, {}, [(0.0, 0.0, 0.8)])]) == []
+    m.add_chunk(1, HOP, HOP + 20)
+    out = m.on_window(1, HOP, HOP + 20, [FakeHit("a", 0.8, {}, [(0.0, 0.0, 0.8), (HOP, HOP, 0.8)])])
+    assert [(d.kind, d.reference_id, d.chunks_used) for d in out] == [("match", "a", 2)]
+    short = StreamMatcher("u2", "upload", s, WIN, HOP)
+    short.add_chunk(0, 0, 12)
+    out = short.on_window(0, 0, 12, [FakeHit("a", 0.91, {}, [(0.0, 0.0, 0.91)])])
+    assert [d.kind for d in out] == ["match"]
 
 
 def test_upload_cover_gets_match_then_final() -> None:
