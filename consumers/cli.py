@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from consumers.commands import broker, demo, mic, send
+from consumers.commands import broker, demo, mic, monitor, send
 from streamcover import cli
-from streamcover.commands import monitor, services
 
 # Order is the order shown in --help: the services first, as before the split.
 COMMANDS: tuple[cli.Register, ...] = (
@@ -26,32 +25,6 @@ COMMANDS: tuple[cli.Register, ...] = (
 )
 
 
-def _monitor(args: argparse.Namespace) -> int:
-    from consumers.monitor import main
-
-    return main(args)
-
-
-def _workers(args: argparse.Namespace) -> int:
-    from consumers.workers import main
-
-    return main(args)
-
-
-def _setlist(args: argparse.Namespace) -> int:
-    from consumers.cli_tools import setlist_main
-
-    return setlist_main(args)
-
-
-# What ``streamcover/commands/monitor.py`` asks ``services.run_service`` for.
-SERVICE_HANDLERS: dict[str, services.Handler] = {
-    "monitor:main": _monitor,
-    "workers:main": _workers,
-    "cli_tools:setlist_main": _setlist,
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The full ``streamcover`` parser: every subcommand, services and library."""
     return cli.build_parser(COMMANDS)
@@ -59,5 +32,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the installed ``streamcover`` command."""
-    services.provide(SERVICE_HANDLERS)
     return cli.main(argv, COMMANDS)

@@ -1,6 +1,5 @@
 """Handlers of ``streamcover send``, ``mic`` and ``setlist``: called by ``consumers.commands``
-(send, mic) and, through the table ``consumers.cli`` fills, by ``streamcover/commands/monitor.py``
-(setlist); kept apart so ``--help`` does not import aiokafka."""
+(``send.py``, ``mic.py``, and ``monitor.py`` for setlist); kept apart so ``--help`` does not import aiokafka."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ class Worker:
 
 def worker_commands(args: argparse.Namespace, instance_id: str, metrics_port: int, n: int) -> list[list[str]]:
     """The ``streamcover monitor`` command line of each of ``n`` workers."""
-    base = [sys.executable, "-m", "streamcover"]
+    base = [sys.executable, "-m", "consumers"]
     if getattr(args, "log_format", None):
         base += ["--log-format", args.log_format]
     commands = []

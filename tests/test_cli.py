@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from consumers.cli import build_parser
 from streamcover.cli import build_parser as build_library_parser
 
@@ -28,13 +26,22 @@ def test_full_parser_has_services_then_library_commands() -> None:
     assert _subcommands(build_library_parser()) == LIBRARY_COMMANDS
 
 
-@pytest.mark.parametrize("module", ["consumers", "streamcover"])
-def test_help_lists_every_subcommand(module: str) -> None:
+def test_help_lists_every_subcommand() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "consumers", "--help"], capture_output=True, text=True, check=True
     ).stdout
     for name in SERVICE_COMMANDS + LIBRARY_COMMANDS:
         assert f"    {name}" in out
+
+
+def test_python_m_streamcover_runs_the_library_commands_only() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "streamcover", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for name in LIBRARY_COMMANDS:
+        assert f"    {name}" in out
+    for name in SERVICE_COMMANDS:
+        assert f"    {name}" not in out
 
 
 def test_console_script_matches_module() -> None:
@@ -44,11 +51,3 @@ def test_console_script_matches_module() -> None:
     helptext = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     assert "    monitor" in helptext and "    catalog" in helptext
 
-
-def test_library_main_refuses_a_service_handler_it_was_not_given() -> None:
-    """``streamcover.cli`` alone cannot reach the services: the handler must be provided."""
-    from streamcover.cli import CliError
-    from streamcover.commands import services
-
-    with pytest.raises(CliError, match="Kafka service"):
-        services.run_service("no-such:entry", argparse.Namespace())

@@ -20,12 +20,9 @@ _SCRIPT = textwrap.dedent(
     sys.meta_path.insert(0, Block())
     import streamcover
 
-    # __main__ runs the command on import (and is, for now, the full command: see its docstring).
-    skip = {"streamcover.__main__"}
     names = [m.name for m in pkgutil.walk_packages(streamcover.__path__, "streamcover.")]
     for name in names:
-        if name not in skip:
-            importlib.import_module(name)
+        importlib.import_module(name)
     print(len(names))
     """
 )

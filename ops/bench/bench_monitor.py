@@ -122,10 +122,10 @@ def _live_waves(scores: list[Any], rate: int) -> list[np.ndarray]:
 
 def bench(args: argparse.Namespace) -> None:
     from consumers.broker import KafkaBroker
-    from streamcover.monitor.engine import load_encoder, resolve_model_path
+    from streamcover.model.loading import load_encoder, resolve_model_path
 
     base = get_settings()
-    encoder, trained = load_encoder(base)
+    encoder, trained = load_encoder(base, allow_untrained=True)
     print(f"model: {'shipped ' + str(resolve_model_path(base)) if trained else 'UNTRAINED (no shipped model)'} "
           f"id={encoder.model_id}")
     work = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
@@ -166,7 +166,7 @@ def bench(args: argparse.Namespace) -> None:
             save_checkpoint(ck, encoder.model, encoder.cfg, encoder.model_id, None)
             env["STREAMCOVER_ENCODER__MODEL_PATH"] = str(ck)
         log = open(work / "monitor.log", "wb")  # noqa: SIM115
-        mon = subprocess.Popen([sys.executable, "-m", "streamcover", "monitor"], cwd=ROOT, env=env,
+        mon = subprocess.Popen([sys.executable, "-m", "consumers", "monitor"], cwd=ROOT, env=env,
                                stdout=log, stderr=subprocess.STDOUT)
         try:
             time.sleep(args.warmup)
@@ -194,10 +194,10 @@ def calibrate(args: argparse.Namespace) -> None:
     from streamcover.audio.frontend import make_frontend
     from streamcover.audio.resample import StreamResampler
     from streamcover.catalog.search import TwoStageSearcher
-    from streamcover.monitor.engine import load_encoder
+    from streamcover.model.loading import load_encoder
 
     base = get_settings()
-    encoder, trained = load_encoder(base)
+    encoder, trained = load_encoder(base, allow_untrained=True)
     print(f"model: {'shipped' if trained else 'UNTRAINED'} id={encoder.model_id}")
     work = Path(tempfile.mkdtemp(prefix="bench-calib-"))
     settings = base.model_copy(update={"catalog": base.catalog.model_copy(update={"path": work / "catalog"})})

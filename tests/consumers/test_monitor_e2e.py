@@ -331,7 +331,7 @@ def _mic_home(tmp: Path, wave: np.ndarray) -> Path:
 def _mic_cmd(*args: str) -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "streamcover", "--log-format", "json", "mic", *args]
+    return [sys.executable, "-m", "consumers", "--log-format", "json", "mic", *args]
 
 
 async def test_mic_capture_through_portaudio_matches(world: World, kafka_broker: Any, tmp_path: Path) -> None:
@@ -404,7 +404,7 @@ async def test_send_cli_publishes_a_file_as_frames(world: World, kafka_broker: A
     sf.write(path, np.stack([wave, wave], axis=1), 44_100)  # stereo 44.1 kHz file: decoded to mono 22.05 kHz
     env = {**os.environ, **world.env(settings)}
     proc = await asyncio.create_subprocess_exec(
-        sys_executable(), "-m", "streamcover", "send", str(path), "--stream-id", "sent-1", env=env,
+        sys_executable(), "-m", "consumers", "send", str(path), "--stream-id", "sent-1", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, err.decode()[-2000:]
@@ -418,7 +418,7 @@ async def test_send_cli_publishes_a_file_as_frames(world: World, kafka_broker: A
     starts = [f.start_sample for f in frames]
     assert starts == [sum(f.num_samples for f in frames[:i]) for i in range(len(frames))]
     missing = await asyncio.create_subprocess_exec(
-        sys_executable(), "-m", "streamcover", "send", str(tmp_path / "nope.wav"), env=env,
+        sys_executable(), "-m", "consumers", "send", str(tmp_path / "nope.wav"), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await missing.communicate()
     assert missing.returncode == 2 and b"nope.wav" in err
@@ -449,7 +449,7 @@ async def test_setlist_command_asks_a_running_monitor(world: World, kafka_broker
                                 lambda ev: any(e.kind == "setlist_segment" for e in ev), 120)
         assert any(e.reference_id == "work-2" for e in seen)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "streamcover", "setlist", "live-open", "--timeout", "60",
+            sys.executable, "-m", "consumers", "setlist", "live-open", "--timeout", "60",
             env={**os.environ, **world.env(settings)},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(), 120)
@@ -460,7 +460,7 @@ async def test_setlist_command_asks_a_running_monitor(world: World, kafka_broker
         assert mon.pipeline.streams["live-open"].finished is False
         # An unknown stream gets a clear "no answer" and exit code 1, not a hang.
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "streamcover", "setlist", "no-such-stream", "--timeout", "5",
+            sys.executable, "-m", "consumers", "setlist", "no-such-stream", "--timeout", "5",
             env={**os.environ, **world.env(settings)},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -483,7 +483,7 @@ async def test_workers_share_the_group_and_a_dead_worker_is_restarted(
     log = tmp_path / "supervisor.log"
     with open(log, "ab") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamcover", "--log-format", "json", "monitor", "--workers", "2",
+            [sys.executable, "-m", "consumers", "--log-format", "json", "monitor", "--workers", "2",
              "--instance-id", "box"],
             cwd=ROOT, env={**os.environ, **world.env(settings), "PYTHONUNBUFFERED": "1"},
             stdout=fh, stderr=subprocess.STDOUT)

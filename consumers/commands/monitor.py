@@ -1,4 +1,5 @@
-"""`streamcover monitor`: the streaming monitor service (code in consumers/monitor.py)."""
+"""`streamcover monitor` and `setlist`: the streaming monitor service (``consumers.monitor``,
+``consumers.workers``) and the on-demand set list (``consumers.cli_tools``)."""
 
 from __future__ import annotations
 
@@ -38,13 +39,16 @@ def _positive(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from streamcover.commands.services import run_service
+    if getattr(args, "workers", 1) > 1:
+        from consumers.workers import main as workers_main
 
-    entry = "workers:main" if getattr(args, "workers", 1) > 1 else "monitor:main"
-    return int(run_service(entry, args) or 0)
+        return int(workers_main(args) or 0)
+    from consumers.monitor import main
+
+    return int(main(args) or 0)
 
 
 def _setlist(args: argparse.Namespace) -> int:
-    from streamcover.commands.services import run_service
+    from consumers.cli_tools import setlist_main
 
-    return int(run_service("cli_tools:setlist_main", args) or 0)
+    return int(setlist_main(args) or 0)
