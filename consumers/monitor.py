@@ -1,4 +1,4 @@
-"""`streamcover monitor`: the Kafka service around :class:`consumers.pipeline.Pipeline`.
+"""`streamcover monitor`: the Kafka service around :class:`streamcover.monitor.pipeline.Pipeline`.
 
 Loop: poll the audio topic (consumer group, read_committed) → run the pipeline on the batch
 in a worker thread (features, batched encoder, search, decisions; the event loop never
@@ -40,6 +40,7 @@ from consumers.kafka import admin_kwargs, consumer_kwargs, ensure_topics, produc
 from streamcover.config import KafkaSettings, Settings, get_settings
 from streamcover.events import encode, value_budget
 from streamcover.log import get_logger
+from streamcover.model.loading import EncoderMissingError
 from streamcover.monitor.engine import Engine, build_engine
 from streamcover.monitor.metrics import Metrics, serve
 from streamcover.monitor.pipeline import InRecord, Output, Pipeline
@@ -54,6 +55,7 @@ EXIT_OK = 0
 EXIT_STATE_LOAD = 74  # EX_IOERR: checkpoints of an assigned partition could not be read
 EXIT_BROKER = 75  # EX_TEMPFAIL: broker unreachable past monitor.broker_retry_seconds
 EXIT_DUPLICATE = 78  # EX_CONFIG: another live monitor already uses this instance id
+EXIT_NO_MODEL = 78  # EX_CONFIG: no encoder weights at encoder.model_path
 
 
 class MonitorExit(Exception):
@@ -629,10 +631,14 @@ def _apply_args(settings: Settings, args: argparse.Namespace) -> Settings:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Entry point of ``streamcover monitor`` (via streamcover.commands.services).
+    """Entry point of ``streamcover monitor`` (``consumers/commands/monitor.py``).
     Returns 0 after SIGTERM/SIGINT, or one of the EXIT_* codes above."""
     settings = _apply_args(get_settings(), args)
-    engine = build_engine(settings)
+    try:
+        engine = build_engine(settings)
+    except EncoderMissingError as exc:
+        log.error("monitor_exit", code=EXIT_NO_MODEL, reason=str(exc))
+        return EXIT_NO_MODEL
     metrics = Metrics()
     port = serve(metrics, settings.monitor.metrics_host, settings.monitor.metrics_port)
     log.info("metrics_endpoint", url=f"http://{settings.monitor.metrics_host}:{port}/metrics")

@@ -3,19 +3,19 @@
 The pipeline only needs four things: a streaming feature extractor, a batched chunk
 encoder, a per-window two-stage search, and the model id / catalog version to stamp on
 events. :class:`Engine` is that bundle; :func:`build_engine` makes the real one from the
-settings (shipped model if present, else an untrained encoder, which it says loudly).
+settings (the encoder at ``encoder.model_path``; no weights, no engine, unless an untrained
+encoder is asked for).
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from streamcover.config import PROJECT_ROOT, Settings
+from streamcover.config import Settings
 from streamcover.log import get_logger
 from streamcover.match.decision import Hit
 
@@ -80,44 +80,31 @@ class Engine:
         return float(self.frontend.sample_rate) / float(self.frontend.frames_per_second)
 
 
-def resolve_model_path(settings: Settings) -> Path:
-    path = settings.encoder.model_path
-    return path if path.is_absolute() else PROJECT_ROOT / path
+def build_engine(settings: Settings, encoder: Any | None = None, trained: bool = True, *,
+                 allow_untrained: bool = False) -> Engine:
+    """The real engine: front end from the settings, the encoder, the catalog's searcher.
 
-
-def load_encoder(settings: Settings, seed: int = 0) -> tuple[Any, bool]:
-    """The shipped model if it exists, else an untrained one with a fixed seed.
-
-    Returns (encoder, trained).
+    Without ``encoder`` the one in ``settings.encoder.model_path`` is loaded; if that file
+    is missing this raises :class:`~streamcover.model.loading.EncoderMissingError` unless
+    ``allow_untrained`` (then an untrained encoder, and a warning).
     """
-    from streamcover.model.config import EncoderConfig
-    from streamcover.model.inference import Encoder
-
-    path = resolve_model_path(settings)
-    if path.is_file():
-        enc = Encoder.from_checkpoint(path, device=settings.encoder.device, settings=settings)
-        log.info("encoder_loaded", path=str(path), model_id=enc.model_id)
-        return enc, True
-    log.warning(
-        "encoder_untrained",
-        path=str(path),
-        detail="shipped model not found: using an UNTRAINED encoder (matches only near-identical audio)",
-    )
-    cfg = EncoderConfig.compact(settings.frontend.name)
-    return Encoder.untrained(cfg, seed=seed, device=settings.encoder.device, settings=settings), False
-
-
-def build_engine(settings: Settings, encoder: Any | None = None, trained: bool = True) -> Engine:
-    """The real engine: front end from the settings, the encoder, the catalog's searcher."""
     from streamcover.audio.frontend import make_frontend
     from streamcover.catalog.search import TwoStageSearcher
+    from streamcover.model.loading import EncoderMissingError, load_encoder, resolve_model_path
 
     if encoder is None:
         if settings.monitor.torch_threads:
             # One torch thread pool serves the front end and the encoder of this process.
             enc = settings.encoder.model_copy(update={"threads": settings.monitor.torch_threads})
             settings = settings.model_copy(update={"encoder": enc})
-        encoder, trained = load_encoder(settings)
+        try:
+            encoder, trained = load_encoder(settings, allow_untrained=allow_untrained)
+        except EncoderMissingError as exc:
+            raise EncoderMissingError(
+                f"the monitor needs trained weights and {resolve_model_path(settings)} does not "
+                "exist: set encoder.model_path (STREAMCOVER_ENCODER__MODEL_PATH) to the "
+                "encoder checkpoint"
+            ) from exc
     frontend = make_frontend(settings.frontend)
     # watch=True: a new catalog snapshot is picked up without a restart (hot swap).
     searcher = TwoStageSearcher.open(settings.catalog.path, settings.catalog, watch=True,
@@ -126,6 +113,9 @@ def build_engine(settings: Settings, encoder: Any | None = None, trained: bool =
         log.warning("stage3_needs_hpcp", front_end=settings.frontend.name,
                     detail="stage 3 aligns 12-bin HPCP; with this front end uploads are "
                            "scored by MaxMean alone: set match.threshold for that scale")
+    if searcher.verifier is not None:
+        # Compiles the alignment kernel now, so the first window does not pay for it (~3 s).
+        searcher.verifier.warm_up()
     if searcher.verifier is not None and searcher.view.feature_fps is None:
         log.warning(
             "catalog_without_features",
@@ -142,6 +132,7 @@ def load_calibration(settings: Settings, model_id: str) -> Calibration | None:
     """The calibration file beside the model, if it was measured for this model and for the
     score the monitor thresholds (fused with stage 3 on, MaxMean with it off)."""
     from streamcover.match.calibration import Calibration, CalibrationError, default_path
+    from streamcover.model.loading import resolve_model_path
 
     path = default_path(resolve_model_path(settings))
     if not path.is_file():
