@@ -1,10 +1,14 @@
 """Shared fixtures. The real Kafka broker's fixtures live here and only here.
 
 ``kafka_broker`` starts ONE real KRaft broker (jars from Maven Central, see
-``consumers/broker.py``) per test session, with a PLAINTEXT and a SASL_SSL listener on
+``consumers/broker/process.py``) per test session, with a PLAINTEXT and a SASL_SSL listener on
 127.0.0.1. ``kafka_settings`` / ``kafka_sasl_settings`` give each test fresh topic names,
 group id and transactional-id prefix, so tests never see each other's records.
 Tests that use them are marked ``broker`` automatically.
+
+``world`` is the monitor tests' shared test world (``tests/helpers/monitor_world.py``): a
+catalog of synthetic works built with the untrained seed-1234 encoder, for the monitor core
+(``tests/monitor/``) and the Kafka services (``tests/consumers/``).
 
 ``debian_music`` is the real recorded music the tests use: the Opus files of a Debian
 package, fetched by ops/fetch-debian-media.sh. Nothing is skipped silently: if the music
@@ -18,11 +22,14 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from streamcover.config import PROJECT_ROOT, KafkaSettings
+
+if TYPE_CHECKING:
+    from monitor_world import World
 
 FETCH = PROJECT_ROOT / "ops" / "fetch-debian-media.sh"
 MUSIC_PACKAGE = "warzone2100-music"  # GPL-2+ game soundtrack, Opus files, in Debian main
@@ -52,6 +59,14 @@ def debian_music() -> list[Path]:
     if len(files) < 10:
         pytest.fail(f"{MUSIC_PACKAGE} unpacked to {root} but holds only {len(files)} .opus files")
     return files
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """Catalog of 4 synthetic works + a jingle, built with the untrained seed-1234 encoder."""
+    from monitor_world import make_world
+
+    return make_world(tmp_path_factory.mktemp("world"), KafkaSettings(), n_works=4, seconds=70)
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,7 @@ from streamcover.config import (
 
 WIRE_RATE = 22_050
 SEED = 1234
-# Measured for the untrained seed-1234 compact HPCP encoder (tests/consumers/README in the
+# Measured for the untrained seed-1234 compact HPCP encoder (see the
 # docstring above): copies score ≥ 0.9995 per chunk, unrelated works ≤ 0.997.
 TEST_THRESHOLD = 0.9985
 TEST_RELEASE = 0.9975
