@@ -8,9 +8,9 @@ input partitions (docs/monitor.md "Fencing"), so workers need nothing else to be
 
 The supervisor forwards SIGTERM/SIGINT to every worker and waits for them (each drains and
 commits), restarts a worker that dies (exponential backoff, reset after a minute of
-uptime), and stops everything when a worker exits 78 (a duplicate instance id: restarting
-would not help). Its exit status: 0 after a signal when every worker exited 0, 78 for a
-duplicate id, else the first non-zero worker status.
+uptime), and stops everything when a worker exits 78 (EX_CONFIG: a duplicate instance id,
+or no encoder weights; restarting would not help). Its exit status: 0 after a signal when
+every worker exited 0, 78 for a configuration error, else the first non-zero worker status.
 """
 
 from __future__ import annotations

@@ -351,7 +351,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     import torch
 
     from streamcover.cli import CliError
-    from streamcover.commands.common import cli_encoder as load_encoder
+    from streamcover.commands.common import cli_encoder
     from streamcover.config import PROJECT_ROOT, default_cache_dir, get_settings
     from streamcover.eval.detect import run_stream, sweep, verify
     from streamcover.eval.detect_data import DataError
@@ -363,7 +363,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     model_path = args.model or settings.encoder.model_path
     if not model_path.is_absolute() and not model_path.exists():
         model_path = PROJECT_ROOT / model_path
-    encoder = load_encoder(model_path)
+    encoder = cli_encoder(model_path)
     cache_root = args.cache or default_cache_dir() / "calibration"
     records = args.records or cache_root / f"records-{encoder.model_id}.json.gz"
     meta: dict[str, Any]

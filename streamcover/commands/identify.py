@@ -42,8 +42,7 @@ def _run(args: argparse.Namespace) -> int:
     from streamcover.catalog.errors import CatalogError
     from streamcover.catalog.search import TwoStageSearcher
     from streamcover.cli import CliError
-    from streamcover.commands.common import catalog_path
-    from streamcover.commands.common import cli_encoder as load_encoder
+    from streamcover.commands.common import catalog_path, cli_encoder
     from streamcover.config import get_settings
 
     if not args.file.is_file():
@@ -54,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
         searcher = TwoStageSearcher.open(path, settings.catalog)
     except CatalogError as exc:
         raise CliError(str(exc)) from exc
-    encoder = load_encoder(args.model)
+    encoder = cli_encoder(args.model)
     try:
         emb = encoder.embed(args.file)
     except AudioDecodeError as exc:

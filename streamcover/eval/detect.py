@@ -1,7 +1,7 @@
 """Open-set detection: run query streams through the monitor's search and decision code,
 record each window's scores once, and sweep the threshold from them.
 
-Per stream the loop is the monitor's (``consumers/pipeline.py`` ``_run_jobs``): the stream's
+Per stream the loop is the monitor's (``streamcover/monitor/pipeline.py`` ``_run_jobs``): the stream's
 features are cut into windows by ``streamcover.audio.chunking`` (``audio.window_seconds`` /
 ``hop_seconds``, tail and short-clip rules included), each window is embedded, registered
 with a :class:`StreamMatcher` in upload mode, the matcher's query chunks are searched with
@@ -77,19 +77,20 @@ class StreamResult:
     def cls(self) -> str:
         return f"{self.kind}/{self.length}"
 
-    def best_true(self, min_chunks: int = 1) -> float:
-        """Best score of the correct reference in windows where it is the top hit (-inf: never)."""
+    def best_true(self, min_chunks: int = 1, max_chunks: int | None = None) -> float:
+        """Best score of the correct reference in windows where it is the top hit (-inf:
+        never), over windows whose query had ``min_chunks``..``max_chunks`` chunks."""
         best = -math.inf
         for used, top in zip(self.used, self.top, strict=True):
-            if used >= min_chunks and top and self.true_ref is not None and top[0][0] == self.true_ref:
+            if min_chunks <= used <= (max_chunks or used) and top and self.true_ref is not None and top[0][0] == self.true_ref:
                 best = max(best, top[0][1])
         return best
 
-    def best_false(self, min_chunks: int = 1) -> float:
+    def best_false(self, min_chunks: int = 1, max_chunks: int | None = None) -> float:
         """Best top score of any other reference (-inf: no window had a hit)."""
         best = -math.inf
         for used, top in zip(self.used, self.top, strict=True):
-            if used >= min_chunks and top and top[0][0] != self.true_ref:
+            if min_chunks <= used <= (max_chunks or used) and top and top[0][0] != self.true_ref:
                 best = max(best, top[0][1])
         return best
 
@@ -259,6 +260,58 @@ def sweep(results: Sequence[StreamResult], thresholds: np.ndarray, min_chunks: i
 
 
 @dataclass
+class TwoPoint:
+    """Upload thresholds for one-chunk queries and for longer ones (``match.one_chunk_threshold``,
+    ``match.threshold``), and what they give on the recorded streams."""
+
+    one_chunk: float
+    many: float
+    false_alarms: int
+    fa_per_hour: float
+    recall: dict[str, float]
+    wrong_reference_events: int
+
+
+def _detects(one: float, many: float, t1: float, t2: float) -> bool:
+    return one >= t1 or many >= t2
+
+
+def two_point(results: Sequence[StreamResult], thresholds: np.ndarray,
+              target_fa_per_hour: float) -> TwoPoint:
+    """The lowest threshold for queries of two chunks or more whose negatives stay within
+    the target on their own, then the lowest one-chunk threshold that keeps the pair within
+    it. Raises ValueError when no pair on the grid does."""
+    neg = [r for r in results if r.kind == "negative"]
+    hours = sum(r.seconds for r in neg) / 3600.0
+    if hours <= 0:
+        raise ValueError("no negative audio")
+    one = np.array([r.best_false(1, 1) for r in neg])
+    many = np.array([r.best_false(2) for r in neg])
+    allowed = target_fa_per_hour * hours + 1e-9
+    thr = np.asarray(thresholds, np.float64)
+    t2s = [t for t in thr if (many >= t).sum() <= allowed]
+    if not t2s:
+        raise ValueError(f"no threshold on the grid reaches {target_fa_per_hour} false alarms/h")
+    t2 = float(t2s[0])
+    t1s = [t for t in thr if sum(_detects(a, b, t, t2) for a, b in zip(one, many, strict=True)) <= allowed]
+    if not t1s:
+        raise ValueError(f"no one-chunk threshold reaches {target_fa_per_hour} false alarms/h")
+    t1 = float(t1s[0])
+    fa = int(sum(_detects(a, b, t1, t2) for a, b in zip(one, many, strict=True)))
+    by_cls: dict[str, list[bool]] = {}
+    wrong = 0
+    for r in results:
+        if r.kind == "negative":
+            continue
+        hit = _detects(r.best_true(1, 1), r.best_true(2), t1, t2)
+        wrong += _detects(r.best_false(1, 1), r.best_false(2), t1, t2)
+        for key in class_keys(r):
+            by_cls.setdefault(key, []).append(hit)
+    return TwoPoint(t1, t2, fa, fa / hours, {c: float(np.mean(v)) for c, v in sorted(by_cls.items())},
+                    wrong)
+
+
+@dataclass
 class Verification:
     """The real matcher replayed at the chosen settings, against what the sweep predicted."""
 
@@ -277,7 +330,7 @@ def verify(results: Sequence[StreamResult], match: MatchSettings, audio: AudioSe
         if r.kind == "negative":
             v.false_alarm_events += len(matches)
             v.negative_streams_with_events += bool(matches)
-            predicted = r.best_false(match.min_chunks) >= match.threshold
+            predicted = _predicted(r.best_false, match)
             if predicted != bool(matches):
                 v.disagreements.append(r.stream_id)
             continue
@@ -285,6 +338,13 @@ def verify(results: Sequence[StreamResult], match: MatchSettings, audio: AudioSe
         v.wrong_reference_events += sum(d.reference_id != r.true_ref for d in matches)
         for key in class_keys(r):
             v.detected[key] = v.detected.get(key, 0) + int(hit)
-        if hit != (r.best_true(match.min_chunks) >= match.threshold):
+        if hit != _predicted(r.best_true, match):
             v.disagreements.append(r.stream_id)
     return v
+
+
+def _predicted(best: Any, match: MatchSettings) -> bool:
+    """Whether the sweep predicts an event: a one-chunk window at ``one_chunk_threshold``, a
+    longer one at ``threshold`` (``best`` is a stream's best_true or best_false)."""
+    one = best(match.min_chunks, 1) if match.min_chunks <= 1 else -math.inf
+    return bool(one >= match.one_chunk_threshold or best(max(2, match.min_chunks)) >= match.threshold)

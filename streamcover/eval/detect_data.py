@@ -293,7 +293,7 @@ def make_reupload(original: np.ndarray, sample_rate: int, spec: Reupload,
 
 def monitor_features(wire_audio: np.ndarray, wire_rate: int, frontend: object) -> np.ndarray:
     """Front-end features [bins, T] of wire-rate audio, resampled to the front end's rate with
-    the monitor's own stream resampler (``consumers/pipeline.py`` does the same per stream)."""
+    the monitor's own stream resampler (``streamcover/monitor/stream.py`` does the same per stream)."""
     from streamcover.audio.frontend import FrontEnd
     from streamcover.audio.resample import StreamResampler
 
