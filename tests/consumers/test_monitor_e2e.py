@@ -1,6 +1,6 @@
 """The monitor end to end against the real Kafka broker (tests/conftest.py), never a mock.
 
-Encoder and catalog: see tests/consumers/monitor_world.py — the untrained encoder with a fixed seed
+Encoder and catalog: see tests/helpers/monitor_world.py — the untrained encoder with a fixed seed
 and a catalog built with it, streams that are near-copies of catalogued works. These tests
 prove the plumbing, decisions, timing and delivery guarantees, not cover recognition.
 """
