@@ -353,9 +353,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     from streamcover.cli import CliError
     from streamcover.commands.common import cli_encoder
     from streamcover.config import PROJECT_ROOT, default_cache_dir, get_settings
-    from streamcover.eval.detect import run_stream, sweep, verify
+    from streamcover.eval.detect import TwoPoint, run_stream, sweep, two_point, verify
     from streamcover.eval.detect_data import DataError
     from streamcover.match.calibration import CALIBRATION_FORMAT, curve_points, default_path
+    from streamcover.match.fusion import DEFAULT_PARAMS
 
     t0 = time.perf_counter()
     settings = get_settings()
@@ -408,23 +409,33 @@ def _calibrate(args: argparse.Namespace) -> int:
     if sw.negative_streams == 0:
         raise CliError("no negative streams: cannot measure false alarms")
     try:
-        op: int | None = sw.operating_point(args.target)
+        point: TwoPoint | None = two_point(results, thresholds, args.target)
     except ValueError:
-        op = None  # reported as not reached; the curve is still written
-    op_doc: dict[str, Any] = {"target_fa_per_hour": args.target, "reached": op is not None}
-    if op is not None:
-        thr = float(sw.thresholds[op])
-        release = round(RELEASE_RATIO * thr, 4)
-        chosen = settings.match.model_copy(update={"threshold": thr, "release_threshold": release})
+        point = None  # reported as not reached; the curves are still written
+    op = None if point is None else int(np.searchsorted(sw.thresholds, point.many - 1e-9))
+    op_doc: dict[str, Any] = {"target_fa_per_hour": args.target, "reached": point is not None}
+    if point is not None:
+        release = round(RELEASE_RATIO * min(point.many, point.one_chunk), 4)
+        chosen = settings.match.model_copy(update={
+            "threshold": point.many, "one_chunk_threshold": point.one_chunk,
+            "release_threshold": release})
         ver = verify(results, chosen, settings.audio)
-        op_doc.update({"threshold": thr, "release_threshold": release, **sw.row(op),
+        op_doc.update({"threshold": point.many, "one_chunk_threshold": point.one_chunk,
+                       "release_threshold": release, "false_alarms": point.false_alarms,
+                       "fa_per_hour": round(point.fa_per_hour, 4),
+                       "wrong_reference_events": point.wrong_reference_events,
+                       "recall": {c: round(v, 4) for c, v in point.recall.items()},
                        "verified": {"false_alarm_events": ver.false_alarm_events,
                                     "negative_streams_with_events": ver.negative_streams_with_events,
                                     "detected": ver.detected,
                                     "wrong_reference_events": ver.wrong_reference_events,
                                     "disagreements": len(ver.disagreements)}})
     at_run = _run_figures(results, settings.match.threshold)
-    scores, rates = curve_points(sw.negative_best.tolist(), sw.negative_hours)
+    # The confidence curves: negatives' best scores over queries of two chunks or more, and
+    # over one-chunk queries (events say which applies by their chunks_used).
+    neg = [r for r in results if r.kind == "negative"]
+    scores, rates = curve_points([r.best_false(2) for r in neg], sw.negative_hours)
+    scores1, rates1 = curve_points([r.best_false(1, 1) for r in neg], sw.negative_hours)
     doc = {
         "format": CALIBRATION_FORMAT,
         "model_id": meta["model_id"],
@@ -433,8 +444,13 @@ def _calibrate(args: argparse.Namespace) -> int:
         "data": {**{k: v for k, v in meta.items() if k not in ("catalog",)},
                  "negative_hours": round(sw.negative_hours, 4), "negative_streams": sw.negative_streams,
                  "positive_streams": sw.positives},
+        "scoring": {"stage3": settings.verify.enabled,
+                    "fusion": DEFAULT_PARAMS.as_dict() if settings.verify.enabled else None,
+                    "reference_hop_seconds": settings.catalog.reference_hop_seconds},
         "curve": {"score": [round(float(s), 5) for s in scores],
                   "fa_per_hour": [round(float(r), 6) for r in rates]},
+        "curve_one_chunk": {"score": [round(float(s), 5) for s in scores1],
+                            "fa_per_hour": [round(float(r), 6) for r in rates1]},
         "operating_point": op_doc,
         "at_run_threshold": at_run,
         "sweep": [sw.row(i) for i in range(0, len(thresholds), 2)],

@@ -37,6 +37,10 @@ class Calibration:
     negative_hours: float
     threshold: float | None = None
     release_threshold: float | None = None
+    # Whether the scores were stage 3's fused ones (None: not recorded).
+    stage3: bool | None = None
+    # The curve of one-chunk queries (an upload's first window), when measured apart.
+    one_chunk: Calibration | None = None
 
     def __post_init__(self) -> None:
         s, f = self.scores, self.fa_per_hour
@@ -61,6 +65,10 @@ class Calibration:
     def _raw(self, score: float) -> float:
         return float(np.interp(score, self.scores, self.fa_per_hour))
 
+    def for_chunks(self, chunks_used: int) -> Calibration:
+        """The curve that applies to a decision made on ``chunks_used`` query chunks."""
+        return self.one_chunk if chunks_used == 1 and self.one_chunk is not None else self
+
     def false_alarms_per_hour(self, score: float) -> float:
         """False alarms per stream-hour at ``score``; ``floor`` where none was measured."""
         if not np.isfinite(score):
@@ -81,6 +89,8 @@ class Calibration:
                 raise CalibrationError(f"not a {CALIBRATION_FORMAT} document")
             curve = doc["curve"]
             op = doc.get("operating_point") or {}
+            scoring = doc.get("scoring") or {}
+            one = doc.get("curve_one_chunk")
             return cls(
                 model_id=str(doc["model_id"]),
                 scores=np.asarray(curve["score"], np.float64),
@@ -89,6 +99,12 @@ class Calibration:
                 threshold=None if op.get("threshold") is None else float(op["threshold"]),
                 release_threshold=(None if op.get("release_threshold") is None
                                    else float(op["release_threshold"])),
+                stage3=None if scoring.get("stage3") is None else bool(scoring["stage3"]),
+                one_chunk=None if not one else cls(
+                    model_id=str(doc["model_id"]),
+                    scores=np.asarray(one["score"], np.float64),
+                    fa_per_hour=np.asarray(one["fa_per_hour"], np.float64),
+                    negative_hours=float(doc["data"]["negative_hours"])),
             )
         except (KeyError, TypeError) as exc:
             raise CalibrationError(f"calibration document lacks {exc}") from exc

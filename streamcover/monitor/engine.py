@@ -144,7 +144,7 @@ def load_calibration(settings: Settings, model_id: str) -> Calibration | None:
     except CalibrationError as exc:
         log.warning("calibration_unusable", path=str(path), detail=str(exc))
         return None
-    stage3 = getattr(cal, "stage3", None)  # TODO(lead): a Calibration field once H3 lands
+    stage3 = cal.stage3
     if stage3 is not None and stage3 != settings.verify.enabled:
         log.warning("calibration_other_scoring", path=str(path), stage3=stage3,
                     detail="measured with stage 3 " + ("on" if stage3 else "off"))

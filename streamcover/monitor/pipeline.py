@@ -697,7 +697,8 @@ class Pipeline:
         fa, floor = None, False
         cal = self.engine.calibration
         if cal is not None and not live and d.reference_id is not None:
-            fa, floor = cal.false_alarms_per_hour(d.score), cal.at_floor(d.score)
+            curve = cal.for_chunks(d.chunks_used)
+            fa, floor = curve.false_alarms_per_hour(d.score), curve.at_floor(d.score)
         return MatchEvent(
             event_id=d.event_id, kind=d.kind, stream_id=d.stream_id, source=d.source,
             reference_id=d.reference_id, reference=d.reference, score=_finite(d.score),
