@@ -366,7 +366,11 @@ def _calibrate(args: argparse.Namespace) -> int:
         model_path = PROJECT_ROOT / model_path
     encoder = cli_encoder(model_path)
     cache_root = args.cache or default_cache_dir() / "calibration"
-    records = args.records or cache_root / f"records-{encoder.model_id}.json.gz"
+    # Recorded hits depend on everything that scores a window: key the default file on it.
+    scoring = _digest(encoder.model_id, settings.catalog.reference_hop_seconds,
+                      settings.verify.model_dump(), DEFAULT_PARAMS.as_dict(), settings.audio.hop_seconds,
+                      settings.audio.window_seconds, settings.catalog.score_rule)
+    records = args.records or cache_root / f"records-{encoder.model_id}-{scoring}.json.gz"
     meta: dict[str, Any]
     with _progress(args.no_progress) as progress:
         if args.records is not None and args.records.is_file():
