@@ -19,8 +19,9 @@ min_s seconds yields — 12 for 6 s at 2.1533 fps):
   max-normalised, so for HPCP this only matters for all-zero chunks.
 
 Start times are the true starts ``start_frame / fps`` (a 10 s hop at 2.1533 fps is 22
-frames, 10.22 s). ``ChunkWindower`` applies the same rules to a stream and yields exactly
-the chunks of ``chunk_features`` on the concatenated frames (tested with hypothesis).
+frames, 10.22 s). The monitor cuts a stream's windows with the same :class:`ChunkGeometry`
+(``streamcover.monitor.stream``) and yields exactly the chunks of ``chunk_features`` on the
+concatenated frames (tests/monitor/test_stream.py, with hypothesis).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["ChunkGeometry", "ChunkWindower", "chunk_features", "normalize_chunks"]
+__all__ = ["ChunkGeometry", "chunk_features", "normalize_chunks"]
 
 ShortMode = Literal["keep", "tile"]
 
@@ -118,96 +119,3 @@ def chunk_features(
     if normalize:
         chunks = normalize_chunks(chunks)
     return chunks, np.asarray(starts, dtype=np.float64) / frames_per_second
-
-
-class ChunkWindower:
-    """The chunking rules for a stream: push feature frames, get windows as soon as complete.
-
-    Full windows come out of ``push`` as soon as their last frame arrives; ``flush`` (end of
-    stream) applies the tail and short-clip rules, so the concatenation of everything
-    returned equals ``chunk_features`` of the whole sequence. Memory is one window.
-    ``start_offset_s`` shifts the reported start times (e.g. a stream resumed mid-way).
-    """
-
-    def __init__(
-        self,
-        n_bins: int,
-        frames_per_second: float,
-        window_s: float = 20.0,
-        hop_s: float = 10.0,
-        min_s: float = 6.0,
-        *,
-        normalize: bool = True,
-        short: ShortMode = "keep",
-        start_offset_s: float = 0.0,
-    ) -> None:
-        self.n_bins = n_bins
-        self.geometry = ChunkGeometry.make(frames_per_second, window_s, hop_s, min_s)
-        self.normalize = normalize
-        self.short: ShortMode = short
-        self.start_offset_s = start_offset_s
-        self._buf = np.zeros((n_bins, 0), dtype=np.float32)
-        self._buf_start = 0  # absolute frame index of _buf[:, 0]
-        self._next_start = 0  # absolute start frame of the next full window
-        self._last_end: int | None = None  # end frame of the last full window emitted
-        self.frames_seen = 0
-        self._flushed = False
-
-    def _pack(self, chunks: list[np.ndarray], starts: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        w = self.geometry.window
-        if not chunks:
-            return (
-                np.zeros((0, self.n_bins, w), dtype=np.float32),
-                np.zeros(0, dtype=np.float64),
-            )
-        arr = np.stack(chunks).astype(np.float32)
-        if self.normalize:
-            arr = normalize_chunks(arr)
-        times = np.asarray(starts, dtype=np.float64) / self.geometry.fps + self.start_offset_s
-        return arr, times
-
-    def push(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Add frames [bins, n]; return the windows completed by them and their start times."""
-        if self._flushed:
-            raise RuntimeError("ChunkWindower.push after flush")
-        if frames.ndim != 2 or frames.shape[0] != self.n_bins:
-            raise ValueError(f"expected frames [{self.n_bins}, n], got shape {frames.shape}")
-        self._buf = np.concatenate([self._buf, frames.astype(np.float32, copy=False)], axis=1)
-        self.frames_seen += frames.shape[1]
-        w, h = self.geometry.window, self.geometry.hop
-        chunks: list[np.ndarray] = []
-        starts: list[int] = []
-        while self._next_start + w <= self.frames_seen:
-            a = self._next_start - self._buf_start
-            chunks.append(self._buf[:, a : a + w].copy())
-            starts.append(self._next_start)
-            self._last_end = self._next_start + w
-            self._next_start += h
-        # Keep what later windows (or the end-aligned tail) may still need: the last W frames
-        # and everything from the next full window's start.
-        keep_from = min(self._next_start, max(0, self.frames_seen - w))
-        if keep_from > self._buf_start:
-            self._buf = self._buf[:, keep_from - self._buf_start :]
-            self._buf_start = keep_from
-        return self._pack(chunks, starts)
-
-    def flush(self) -> tuple[np.ndarray, np.ndarray]:
-        """End of stream: the end-aligned tail window or the single short chunk, if any."""
-        self._flushed = True
-        n = self.frames_seen
-        geo = self.geometry
-        if n < geo.window:
-            if n < geo.min_frames:
-                return self._pack([], [])
-            clip = self._buf[:, :n]
-            if self.short == "tile":
-                clip = _tile(clip, geo.window)
-            arr = clip[None].astype(np.float32)
-            if self.normalize:
-                arr = normalize_chunks(arr)
-            return arr, np.asarray([self.start_offset_s], dtype=np.float64)
-        assert self._last_end is not None
-        if n - self._last_end < geo.min_frames:
-            return self._pack([], [])
-        a = n - geo.window - self._buf_start
-        return self._pack([self._buf[:, a : a + geo.window].copy()], [n - geo.window])
