@@ -45,7 +45,7 @@ from streamcover.monitor.engine import Engine, build_engine
 from streamcover.monitor.metrics import Metrics, serve
 from streamcover.monitor.pipeline import InRecord, Output, Pipeline
 
-log = get_logger("streamcover.monitor")
+log = get_logger(__name__)
 
 T = TypeVar("T")
 

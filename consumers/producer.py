@@ -27,7 +27,7 @@ from streamcover.config import Settings
 from streamcover.events import AudioFrame, SetListRequest, SourceKind, encode
 from streamcover.log import get_logger
 
-log = get_logger("streamcover.producer")
+log = get_logger(__name__)
 
 
 class FramePublisher:

@@ -27,7 +27,7 @@ from types import FrameType
 
 from streamcover.log import get_logger
 
-log = get_logger("streamcover.workers")
+log = get_logger(__name__)
 
 EXIT_DUPLICATE = 78  # consumers.monitor.EXIT_DUPLICATE (not imported: no aiokafka here)
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from streamcover.catalog.search import Stage1Memo
     from streamcover.match.calibration import Calibration
 
-log = get_logger("streamcover.engine")
+log = get_logger(__name__)
 
 
 class FrontEndLike(Protocol):

@@ -73,7 +73,7 @@ from streamcover.monitor.engine import Engine
 from streamcover.monitor.metrics import Metrics
 from streamcover.monitor.stream import LAST, AudioBlock, Job, StreamRuntime
 
-log = get_logger("streamcover.monitor")
+log = get_logger(__name__)
 
 MARK_PREFIX = "__mark__"
 CLOSED_SEQ = 1 << 62  # next_seq of a stream closed by a fault: all its later frames are dropped

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from streamcover.audio.frontend import FrontEnd
     from streamcover.config import Settings
 
-log = get_logger("streamcover.train.manifest")
+log = get_logger(__name__)
 
 REQUIRED = ("work", "path")
 OPTIONAL = ("title", "artist", "start", "end")
