@@ -131,6 +131,11 @@ class FrontEndSettings(BaseModel):
     # uses 2048/512 frames (same bins and frame times), matches it at r >= 0.9999 on real
     # music and saves resampling the 22.05 kHz wire audio (docs/frontends.md).
     hpcp_sample_rate: int = 44_100
+    # HPCP profiles per frame at references 1/n semitone apart, one kept per frame by a causal
+    # fold (streamcover/audio/tuning.py): 2 keeps music that sits half a semitone off the
+    # 440 Hz grid (a re-upload 3 % fast or slow) from smearing over two bins; 1 is the shared
+    # data set's recipe alone. References and queries must use the same value (catalog reembed).
+    hpcp_tuning_phases: int = Field(2, ge=1, le=4)
 
     @model_validator(mode="after")
     def _hpcp_rate(self) -> FrontEndSettings:

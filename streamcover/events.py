@@ -304,8 +304,13 @@ class StreamState(_Record):
     updated_at: float
     # An upload's features from its start for stage 3 (uint8 [feature_bins, n]).
     query_features: bytes = b""
+    # The front end's tuning fold (streamcover.audio.tuning): its phase and recent spreads
+    # (float32 [n, phases]), so that features after a restore equal an uninterrupted run's.
+    tuning_phase: int = Field(0, ge=0, le=3)
+    tuning_recent: bytes = Field(b"", max_length=4096)
 
-    _omit_default: ClassVar[frozenset[str]] = frozenset({"query_features"})
+    _omit_default: ClassVar[frozenset[str]] = frozenset({"query_features", "tuning_phase",
+                                                          "tuning_recent"})
 
     @model_validator(mode="after")
     def _shapes(self) -> StreamState:

@@ -8,7 +8,11 @@ Both front-ends share one framing model, which is what makes streaming exact:
   it, and there is one raw frame per hop with its centre inside the signal, k = 0..S // hop
   (so 20 s gives 862 raw frames and 43 pooled frames for both front-ends);
 * raw frames are pooled in non-overlapping groups of ``pool`` (HPCP: sum then unit-max;
-  CQT: mean), dropping an incomplete last group.
+  CQT: mean), dropping an incomplete last group;
+* HPCP frames hold one profile per tuning phase (``raw_bins`` values), and a causal
+  ``TuningFold`` keeps one phase per pooled frame (``n_bins`` values): offline it runs over
+  the whole signal from its start, in a stream over the frames as they come, to the same
+  result.
 
 ``FeatureStream`` produces exactly the offline frames: ``push`` computes each raw frame as
 soon as its whole support has arrived, keeps only the samples later frames still need (so
@@ -31,6 +35,7 @@ import torch
 
 from streamcover.audio.cqt import CQTParams, CQTTransform
 from streamcover.audio.hpcp import HPCPParams, hpcp_frames, hpcp_frames_many, pool_hpcp
+from streamcover.audio.tuning import TuningFold
 
 if TYPE_CHECKING:
     from streamcover.config import FrontEndSettings
@@ -43,7 +48,8 @@ class FrontEnd(ABC):
 
     name: str
     sample_rate: int
-    n_bins: int
+    n_bins: int  # bins of the output features
+    raw_bins: int  # bins of raw and pooled frames before the tuning fold (= n_bins without one)
     hop: int  # samples per raw frame
     pool: int  # raw frames per output frame
     context_left: int
@@ -72,7 +78,11 @@ class FrontEnd(ABC):
 
     @abstractmethod
     def pool_frames(self, raw: torch.Tensor) -> torch.Tensor:
-        """Pool complete groups of ``pool`` raw frames [B, F, bins] -> [B, F // pool, bins]."""
+        """Pool complete groups of ``pool`` raw frames [B, F, raw_bins] -> [B, F // pool, raw_bins]."""
+
+    def new_fold(self) -> TuningFold | None:
+        """A fresh fold from pooled ``raw_bins`` to ``n_bins`` per stream (None: no fold)."""
+        return None
 
     def raw_frames_many(self, segments: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Raw frames [F_i, bins] of several 1-D segments (each as in ``raw_frames``).
@@ -96,8 +106,15 @@ class FrontEnd(ABC):
             return torch.zeros(x.shape[0], self.n_bins, 0, dtype=x.dtype, device=x.device)
         x = torch.nn.functional.pad(x, (self.context_left, self.context_right))
         with torch.inference_mode():
-            raw = self.raw_frames(x)
-            return self.pool_frames(raw).transpose(1, 2).contiguous()
+            pooled = self.pool_frames(self.raw_frames(x))
+            if self.raw_bins != self.n_bins:
+                folded = []
+                for row in pooled.cpu().numpy():
+                    fold = self.new_fold()
+                    assert fold is not None
+                    folded.append(fold(row))
+                pooled = torch.from_numpy(np.stack(folded)).to(pooled.device)
+            return pooled.transpose(1, 2).contiguous()
 
     def features(self, wave: np.ndarray) -> np.ndarray:
         """Features [bins, T] (float32) of a mono waveform [S] at ``sample_rate``."""
@@ -126,6 +143,7 @@ class FeatureStream:
         self._n_raw = 0
         self._raw_done = 0
         self._flushed = False
+        self.fold = frontend.new_fold()
         self.frames_emitted = 0
         self.samples_seen = 0
 
@@ -186,7 +204,7 @@ class FeatureStream:
                 raw = fe.raw_frames(torch.from_numpy(seg).unsqueeze(0))[0].numpy()
         groups = self._take(raw)
         if not len(groups):
-            return self._emit(np.zeros((0, fe.n_bins), dtype=np.float32))
+            return self._emit(np.zeros((0, fe.raw_bins), dtype=np.float32))
         with torch.inference_mode():
             pooled = fe.pool_frames(torch.from_numpy(groups).unsqueeze(0))[0].numpy()
         return self._emit(pooled)
@@ -221,7 +239,7 @@ class FeatureStream:
             self._buf = self._buf[n_new * fe.hop :].copy()
         used = (self._n_raw // fe.pool) * fe.pool
         if used == 0:
-            return np.zeros((0, fe.n_bins), dtype=np.float32)
+            return np.zeros((0, fe.raw_bins), dtype=np.float32)
         raw_all = np.concatenate(self._raw) if len(self._raw) > 1 else self._raw[0]
         rest = raw_all[used:]
         self._raw = [rest] if len(rest) else []
@@ -229,9 +247,22 @@ class FeatureStream:
         return raw_all[:used]
 
     def _emit(self, pooled: np.ndarray) -> np.ndarray:
-        """Pooled frames [groups, bins] -> the push's output [bins, groups]."""
+        """Pooled frames [groups, raw_bins] -> the push's output [n_bins, groups] (folded)."""
         self.frames_emitted += len(pooled)
+        if self.fold is not None:
+            pooled = self.fold(pooled)
         return np.ascontiguousarray(pooled.T)
+
+    # ---- tuning-fold checkpoint (streamcover.monitor.stream) -------------------------
+    def tuning_state(self) -> tuple[int, bytes]:
+        """The fold's (phase, recent spreads); (0, b"") without a fold."""
+        return (0, b"") if self.fold is None else self.fold.state()
+
+    def restore_tuning(self, phase: int, recent: bytes, hold: int = 0) -> None:
+        """Continue a checkpointed fold; the next ``hold`` frames leave its state alone."""
+        if self.fold is not None:
+            self.fold.restore(phase, recent)
+            self.fold.hold(hold)
 
 
 def push_many(streams: Sequence[FeatureStream], blocks: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -261,7 +292,7 @@ def push_many(streams: Sequence[FeatureStream], blocks: Sequence[np.ndarray]) ->
         raw_by = dict(zip(due, raws, strict=True))
     groups = [s._take(raw_by.get(i)) for i, s in enumerate(streams)]
     sizes = [len(g) // fe.pool for g in groups]
-    pooled = np.zeros((0, fe.n_bins), dtype=np.float32)
+    pooled = np.zeros((0, fe.raw_bins), dtype=np.float32)
     if sum(sizes):
         with torch.inference_mode():
             stacked = torch.from_numpy(np.concatenate([g for g in groups if len(g)]))
@@ -271,7 +302,8 @@ def push_many(streams: Sequence[FeatureStream], blocks: Sequence[np.ndarray]) ->
 
 
 class HPCPFrontEnd(FrontEnd):
-    """HPCP chroma of the shared SHS100K-TEST features (see ``hpcp.py``): 12 bins, 2.1533 fps."""
+    """HPCP chroma of the shared SHS100K-TEST features (see ``hpcp.py``): 12 bins, 2.1533 fps,
+    folded over ``params.tuning_phases`` tuning phases (``streamcover.audio.tuning``)."""
 
     def __init__(self, params: HPCPParams | None = None) -> None:
         self.params = params or HPCPParams()
@@ -279,6 +311,7 @@ class HPCPFrontEnd(FrontEnd):
         self.name = "hpcp"
         self.sample_rate = p.sample_rate
         self.n_bins = p.size
+        self.raw_bins = p.raw_bins
         self.hop = p.hop_size
         self.pool = p.pool
         self.context_left = p.frame_size // 2
@@ -291,7 +324,11 @@ class HPCPFrontEnd(FrontEnd):
         return hpcp_frames_many(segments, self.params)
 
     def pool_frames(self, raw: torch.Tensor) -> torch.Tensor:
-        return pool_hpcp(raw, self.pool)
+        return pool_hpcp(raw, self.pool, self.params.tuning_phases)
+
+    def new_fold(self) -> TuningFold | None:
+        phases = self.params.tuning_phases
+        return None if phases == 1 else TuningFold(phases, self.params.size)
 
 
 class CQTFrontEnd(FrontEnd):
@@ -305,6 +342,7 @@ class CQTFrontEnd(FrontEnd):
         self.name = "cqt"
         self.sample_rate = self.params.sample_rate
         self.n_bins = self.params.n_bins
+        self.raw_bins = self.n_bins
         self.hop = self.params.hop_length
         self.pool = pool
         self.context_left = self.transform.context
@@ -319,13 +357,13 @@ class CQTFrontEnd(FrontEnd):
         return grouped.mean(dim=-2)
 
 
-def hpcp_params_for_rate(sample_rate: int) -> HPCPParams:
+def hpcp_params_for_rate(sample_rate: int, tuning_phases: int = 1) -> HPCPParams:
     """The recipe at 44.1 kHz, or its half-rate twin: frames of the same duration (92.9 ms),
     hop (23.2 ms) and bin spacing (10.77 Hz); the 40-5,000 Hz peaks fit under either Nyquist."""
     if sample_rate == 44_100:
-        return HPCPParams()
+        return HPCPParams(tuning_phases=tuning_phases)
     if sample_rate == 22_050:
-        return HPCPParams(sample_rate=22_050, frame_size=2048, hop_size=512)
+        return HPCPParams(sample_rate=22_050, frame_size=2048, hop_size=512, tuning_phases=tuning_phases)
     raise ValueError(f"HPCP runs at 44100 or 22050 Hz, not {sample_rate}")
 
 
@@ -336,7 +374,7 @@ def make_frontend(settings: FrontEndSettings | None = None) -> FrontEnd:
 
         settings = get_settings().frontend
     if settings.name == "hpcp":
-        return HPCPFrontEnd(hpcp_params_for_rate(settings.hpcp_sample_rate))
+        return HPCPFrontEnd(hpcp_params_for_rate(settings.hpcp_sample_rate, settings.hpcp_tuning_phases))
     if settings.name == "cqt":
         return CQTFrontEnd(pool=settings.cqt_pool)
     raise ValueError(f"unknown front-end {settings.name!r}; expected 'cqt' or 'hpcp'")

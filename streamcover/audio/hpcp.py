@@ -19,6 +19,12 @@ The recipe, vectorised over frames and batches in torch (CPU or CUDA):
    d ≤ 2/3 semitone of the pitch of f/h, for h = 1..8; each frame is divided by its maximum;
 5. non-overlapping sums of 20 frames (leftover frames dropped), each divided by its maximum.
 
+With ``tuning_phases`` = n > 1 (the front end's default is 2), steps 4-5 also run at the
+references 440 · 2^(k/(12·n)) Hz, k = 1 … n − 1, on the same peaks: frames then hold n
+profiles side by side, phase-major, each normalised on its own, and
+``streamcover.audio.tuning.TuningFold`` keeps one per pooled frame. Phase 0 is always the
+recipe above, bit for bit.
+
 All-zero frames (digital silence) stay zero. No per-frame Python loops: frames are blocks
 of a tensor, peaks are masks and ``topk``, pitch-class accumulation is a ``scatter_add`` per window bin (two).
 Essentia is the test-only oracle for this module; nothing here imports or derives from it.
@@ -62,6 +68,16 @@ class HPCPParams:
     harmonic_decay: float = 0.6  # weight 0.6^(h-1)
     window_semitones: float = 4.0 / 3.0  # squared-cosine window, ±2/3 semitone
     pool: int = 20
+    tuning_phases: int = 1  # profiles per frame at references shifted by 1/n semitone
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.tuning_phases <= 4:
+            raise ValueError(f"tuning_phases must be 1..4, got {self.tuning_phases}")
+
+    @property
+    def raw_bins(self) -> int:
+        """Values per frame before the tuning fold: ``size`` per phase."""
+        return self.size * self.tuning_phases
 
     @property
     def left_context(self) -> int:
@@ -192,10 +208,12 @@ def _interpolate_selected(
 
 
 @lru_cache(maxsize=16)
-def _harmonic_tables(p: HPCPParams, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per harmonic h: bin offset size·log2(h·ref) and weight decay^(h-1)."""
+def _harmonic_tables(p: HPCPParams, device: str, phase: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per harmonic h: bin offset size·log2(h·ref) and weight decay^(h-1), for the reference
+    of tuning phase ``phase`` (``phase / tuning_phases`` semitone above ``reference_freq``)."""
     h = np.arange(1, p.harmonics + 1, dtype=np.float64)
-    offset = p.size * np.log2(h * p.reference_freq)
+    ref = p.reference_freq * 2.0 ** (phase / (12.0 * p.tuning_phases))
+    offset = p.size * np.log2(h * ref)
     weight = p.harmonic_decay ** (h - 1.0)
     return (
         torch.from_numpy(offset.astype(np.float32)).to(device),
@@ -203,12 +221,12 @@ def _harmonic_tables(p: HPCPParams, device: str) -> tuple[torch.Tensor, torch.Te
     )
 
 
-def _accumulate(freq: torch.Tensor, mag: torch.Tensor, p: HPCPParams) -> torch.Tensor:
+def _accumulate(freq: torch.Tensor, mag: torch.Tensor, p: HPCPParams, phase: int = 0) -> torch.Tensor:
     """Pitch-class profile [..., size] from peaks [..., P] (not yet normalised)."""
     size = p.size
     resolution = size / 12.0  # bins per semitone
     half = p.window_semitones * resolution / 2.0  # window half-width in bins
-    offset, hweight = _harmonic_tables(p, str(freq.device))
+    offset, hweight = _harmonic_tables(p, str(freq.device), phase)
     safe_f = torch.where(mag > 0, freq, p.reference_freq)
     # Position of f/h on the pitch-class axis, in bins, relative to the reference.
     pos = (torch.log2(safe_f) * size).unsqueeze(-1) - offset  # [..., P, H]
@@ -233,7 +251,7 @@ def _unit_max(x: torch.Tensor) -> torch.Tensor:
 
 
 def hpcp_from_frames(frames: torch.Tensor, p: HPCPParams = DEFAULT_PARAMS) -> torch.Tensor:
-    """Per-frame unit-max HPCP [..., size] of already cut frames [..., frame_size]."""
+    """Per-frame unit-max HPCP [..., raw_bins] of already cut frames [..., frame_size]."""
     win = _window(p.frame_size, str(frames.device))
     return _hpcp_from_windowed(frames * win, p)
 
@@ -245,7 +263,9 @@ def _hpcp_from_windowed(windowed: torch.Tensor, p: HPCPParams) -> torch.Tensor:
     # Peaks only need bins up to hi+1: take the magnitude of those alone.
     mag = spec[..., : hi + 2].abs()
     freq, val = _spectral_peaks(mag, p)
-    return _unit_max(_accumulate(freq, val, p))
+    if p.tuning_phases == 1:
+        return _unit_max(_accumulate(freq, val, p))
+    return torch.cat([_unit_max(_accumulate(freq, val, p, k)) for k in range(p.tuning_phases)], dim=-1)
 
 
 def hpcp_frames(
@@ -255,7 +275,7 @@ def hpcp_frames(
     block_frames: int = 2048,
     center: bool = True,
 ) -> torch.Tensor:
-    """Frame-level HPCP of waveforms [S] or [B, S] at ``p.sample_rate`` -> [(B,) F, size].
+    """Frame-level HPCP of waveforms [S] or [B, S] at ``p.sample_rate`` -> [(B,) F, raw_bins].
 
     ``center`` pads half a frame of zeros on both sides, so frames are centred on
     t = k·hop for k = 0..S // hop (offline use); with ``center=False`` the input is taken
@@ -275,7 +295,7 @@ def hpcp_frames(
         x = torch.nn.functional.pad(x, (p.left_context, p.frame_size - p.left_context))
     n = x.shape[-1]
     n_frames = 0 if n < p.frame_size else (n - p.frame_size) // p.hop_size + 1
-    out = torch.zeros(x.shape[0], n_frames, p.size, dtype=torch.float32, device=x.device)
+    out = torch.zeros(x.shape[0], n_frames, p.raw_bins, dtype=torch.float32, device=x.device)
     step = max(1, block_frames // x.shape[0])
     for start in range(0, n_frames, step):
         stop = min(n_frames, start + step)
@@ -288,7 +308,7 @@ def hpcp_frames(
 def hpcp_frames_many(
     segments: Sequence[np.ndarray], p: HPCPParams = DEFAULT_PARAMS, *, block_frames: int = 512
 ) -> list[np.ndarray]:
-    """Frame-level HPCP of many uncentred signals at once -> one [F_i, size] array per signal.
+    """Frame-level HPCP of many uncentred signals at once -> one [F_i, raw_bins] array per signal.
 
     The streaming monitor's path: every stream with new audio contributes a segment (frame
     context, as ``hpcp_frames(..., center=False)`` takes it), and the frames of all of them
@@ -303,7 +323,7 @@ def hpcp_frames_many(
     win = _window(p.frame_size, "cpu").numpy()
     counts = [0 if len(s) < p.frame_size else (len(s) - p.frame_size) // p.hop_size + 1 for s in segments]
     total = sum(counts)
-    out = np.empty((total, p.size), dtype=np.float32)
+    out = np.empty((total, p.raw_bins), dtype=np.float32)
     if total:
         buf = np.empty((min(total, max(1, block_frames)), p.frame_size), dtype=np.float32)
         done = fill = 0
@@ -332,13 +352,19 @@ def hpcp_frames_many(
     return [out[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-def pool_hpcp(frames: torch.Tensor, pool: int = DEFAULT_PARAMS.pool) -> torch.Tensor:
-    """Sum non-overlapping groups of ``pool`` frames [..., F, size] (leftover dropped), unit-max."""
+def pool_hpcp(frames: torch.Tensor, pool: int = DEFAULT_PARAMS.pool, phases: int = 1) -> torch.Tensor:
+    """Sum non-overlapping groups of ``pool`` frames [..., F, bins] (leftover dropped), unit-max
+    (each of ``phases`` equal blocks of bins on its own)."""
     n = frames.shape[-2] // pool
     grouped = frames[..., : n * pool, :].reshape(*frames.shape[:-2], n, pool, frames.shape[-1])
-    return _unit_max(grouped.sum(dim=-2))
+    summed = grouped.sum(dim=-2)
+    if phases == 1:
+        return _unit_max(summed)
+    split = summed.reshape(*summed.shape[:-1], phases, summed.shape[-1] // phases)
+    return _unit_max(split).reshape(summed.shape)
 
 
 def hpcp_pooled(wave: torch.Tensor | np.ndarray, p: HPCPParams = DEFAULT_PARAMS) -> torch.Tensor:
-    """The shared data set's feature: pooled HPCP [(B,) T, size] at ``p.pooled_rate`` frames/s."""
-    return pool_hpcp(hpcp_frames(wave, p), p.pool)
+    """The shared data set's feature: pooled HPCP [(B,) T, raw_bins] at ``p.pooled_rate``
+    frames/s (every tuning phase, unfolded)."""
+    return pool_hpcp(hpcp_frames(wave, p), p.pool, p.tuning_phases)

@@ -159,7 +159,8 @@ def build_catalog(root: Path, encoder: Encoder, settings: Settings, data: Data, 
     params = IndexParams.from_settings(cs)
     refs = [(r.ref_id, r.sha256) for r in data.positives] + [
         (rid, c.name) for c in data.covers for rid in c.ref_ids]
-    key = _digest(RECIPE, encoder.model_id, hop, store.SCHEMA_VERSION,
+    key = _digest(RECIPE, encoder.model_id, getattr(encoder.frontend, "params", None), hop,
+                  store.SCHEMA_VERSION,
                   getattr(store, "FEATURE_FORMAT", None), params.build_key(),
                   settings.audio.window_seconds, settings.audio.min_clip_seconds, refs)
     path = root / f"catalog-{key}"

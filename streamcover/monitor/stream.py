@@ -293,6 +293,7 @@ class StreamRuntime:
         dim = int(next(iter(self.embeddings.values())).shape[0]) if self.embeddings else 0
         emb = (np.stack([self.embeddings[i] for i in idx]).astype("<f2").tobytes() if idx else b"")
         bins = int(self.feats.shape[0])
+        tuning_phase, tuning_recent = self.fstream.tuning_state()
         return StreamState(
             stream_id=self.stream_id, source=self.source, title=self.title,
             finished=self.finished, sample_rate=self.sample_rate,
@@ -304,6 +305,7 @@ class StreamRuntime:
             chunk_index=idx, chunk_start=[self.chunk_start[i] for i in idx], embeddings=emb,
             matcher=self.matcher.to_state(), model_id=model_id, catalog_version=catalog_version,
             updated_at=time.time(), query_features=self._query_bytes(),
+            tuning_phase=tuning_phase, tuning_recent=tuning_recent,
         )
 
     def _query_bytes(self) -> bytes:
@@ -322,6 +324,8 @@ class StreamRuntime:
                       st.epoch_windows, st.last_end)
         rt.skip_until = rt.resume_point()
         rt.discard = 1 if st.frames_done >= 1 else 0
+        # The discarded frame is recomputed, not new: the fold folds it without counting it.
+        rt.fstream.restore_tuning(st.tuning_phase, st.tuning_recent, hold=rt.discard)
         # If the resume point lies in a silence-filled hole, the hole is filled again.
         rt.seq.next_sample = min(st.resume_sample, rt.skip_until)
         rt.next_window = st.next_window

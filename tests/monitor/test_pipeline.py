@@ -64,6 +64,33 @@ def test_restore_from_checkpoint_reproduces_uninterrupted_run(world: World, engi
         assert a.score == pytest.approx(b.score, abs=1e-5)
 
 
+def test_restore_continues_the_tuning_fold(world: World, engine: Any) -> None:
+    """An upload played 3 % slow sits half a semitone off the HPCP grid: its checkpoints carry
+    the fold's shifted phase and recent spreads, and a restored stream's features continue bit
+    for bit as an uninterrupted run's."""
+    from streamcover.eval.detect_data import change_speed
+
+    slow = change_speed(world.copy_of("work-1", 60.0), 0.97)
+    recs = _records(world, {"slow": (slow, "upload")})
+    cut, stop = len(recs) // 2, 2 * len(recs) // 3  # less than the fold's 20 s memory apart
+
+    def last_state(out: Any) -> StreamState:
+        states = [decode_any(v) for _, _, v in out.states]
+        return [st for st in states if isinstance(st, StreamState)][-1]
+
+    whole = last_state(Pipeline(world.settings, engine).process(recs[:stop]))
+    out1 = Pipeline(world.settings, engine).process(recs[:cut])
+    assert last_state(out1).tuning_phase == 1 and last_state(out1).tuning_recent
+    second = Pipeline(world.settings, engine)
+    for partition, key, value in out1.states:
+        second.load_state(partition, key, value)
+    resumed = last_state(second.process(recs[out1.offsets[0]:stop]))
+    assert resumed.frames_done == whole.frames_done > last_state(out1).frames_done
+    assert resumed.tuning_recent == whole.tuning_recent
+    assert resumed.query_features == whole.query_features
+    assert resumed.feature_tail == whole.feature_tail
+
+
 def test_batched_features_decide_as_record_by_record(world: World, engine: Any) -> None:
     """A batch's features are computed for all streams in one front-end call at its end.
     That must decide exactly what transforming each record on arrival decides, in the same
