@@ -1,9 +1,10 @@
 """ByteCover3 two-stage retrieval over a :class:`~streamcover.catalog.view.SearchView`.
 
-Stage 1: each query chunk's K nearest distinct references (K=50) in the HNSW graph,
-found among its ``K * fetch_factor`` nearest chunks; their union is the candidate
-set, ranked by best neighbour similarity and capped at ``max_candidates``; the
-references whose centroids are nearest the query's centroid join it. Stage 2:
+Stage 1 (``view.stage1_candidates``): each query chunk's K nearest distinct references
+(K=50) in the HNSW graph, found among its ``K * fetch_factor`` nearest chunks; their
+union is the candidate set, ranked by best neighbour similarity and capped at
+``max_candidates``; the references whose centroids are nearest the query's centroid join
+it. Stage 2:
 MaxMean in both directions between the query's chunks and each candidate's full chunk
 set, combined by the score rule (length-weighted by default), from one similarity matrix over
 the candidates' concatenated chunks and per-reference ``reduceat`` maxima (the value
@@ -21,7 +22,6 @@ and for measuring how much stage 1 loses.
 from __future__ import annotations
 
 import os
-import weakref
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +32,13 @@ import numpy as np
 from streamcover.catalog.errors import ModelMismatchError
 from streamcover.catalog.factory import CATALOG_DEFAULTS
 from streamcover.catalog.records import normalise_rows
-from streamcover.catalog.view import SearchView
+from streamcover.catalog.view import SearchView, stage1_candidates
 from streamcover.catalog.watcher import SnapshotWatcher
 from streamcover.match.verify import Verifier
 from streamcover.model.maxmean import SCORE_RULES, ScoreRule, combine_directions
 
 if TYPE_CHECKING:
+    from streamcover.catalog.view import Stage1Memo
     from streamcover.config import CatalogSettings, VerifySettings
 
 
@@ -60,40 +61,6 @@ class SearchHit:
     maxmean: float = float("nan")
     align_score: float = float("nan")
     verified: bool = False
-
-
-class Stage1Memo:
-    """Stage-1 results of one query stream's chunks, reused while the catalog view stays.
-
-    A live stream's query is its last few chunks and an upload's is all of them; each new
-    window adds one chunk, so without the memo every window would repeat the HNSW search
-    of every earlier chunk. Entries are dropped when the view changes (a new snapshot or
-    store version) and when their chunk leaves the query.
-    """
-
-    def __init__(self) -> None:
-        self._view: weakref.ref[SearchView] | None = None
-        self._rows: dict[Hashable, tuple[np.ndarray, np.ndarray]] = {}
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def bind(self, view: SearchView, chunk_ids: Sequence[Hashable]) -> None:
-        """Forget everything if ``view`` is not the one the entries came from, and
-        entries whose chunk is not among ``chunk_ids``."""
-        if self._view is None or self._view() is not view:
-            self._rows.clear()
-            self._view = weakref.ref(view)
-            return
-        keep = set(chunk_ids)
-        for cid in [c for c in self._rows if c not in keep]:
-            del self._rows[cid]
-
-    def get(self, chunk_id: Hashable) -> tuple[np.ndarray, np.ndarray] | None:
-        return self._rows.get(chunk_id)
-
-    def put(self, chunk_id: Hashable, row: tuple[np.ndarray, np.ndarray]) -> None:
-        self._rows[chunk_id] = row
 
 
 class TwoStageSearcher:
@@ -218,50 +185,12 @@ class TwoStageSearcher:
 
     def candidates(self, view: SearchView, q: np.ndarray, chunk_ids: Sequence[Hashable] | None = None,
                    memo: Stage1Memo | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate reference keys (best first) and their best stage-1 similarity.
-
-        Each query chunk contributes its ``top_k`` nearest *distinct* references: a
-        reference near the query has several neighbouring chunks (its chunks overlap in
-        time), so K chunk neighbours alone would name far fewer than K references.
-        With ``chunk_ids`` and a ``memo``, chunks already searched on this view are not
-        searched again. Then the ``centroid_candidates`` references whose centroids are
-        nearest the query's (``streamcover.catalog.centroids``) join the set, after the
-        chunk candidates and with a NaN similarity when stage 1 proper did not reach them.
-        """
-        rows: list[tuple[np.ndarray, np.ndarray] | None] = [None] * q.shape[0]
-        todo = list(range(q.shape[0]))
-        if memo is not None and chunk_ids is not None:
-            if len(chunk_ids) != q.shape[0]:
-                raise ValueError(f"{q.shape[0]} query chunks but {len(chunk_ids)} chunk ids")
-            memo.bind(view, chunk_ids)
-            todo = []
-            for i, cid in enumerate(chunk_ids):
-                rows[i] = memo.get(cid)
-                if rows[i] is None:
-                    todo.append(i)
-        if todo:
-            s1 = view.stage1(q[todo], self.fetch, self.refine, exact=not self.screens(view))
-            for i, keys, sims in zip(todo, s1.ref_keys, s1.sims, strict=True):
-                ok = keys >= 0
-                row = _first_distinct(keys[ok], sims[ok], self.top_k)
-                rows[i] = row
-                if memo is not None and chunk_ids is not None:
-                    memo.put(chunk_ids[i], row)
-        found = [r for r in rows if r is not None]
-        if found and sum(r[0].size for r in found):
-            keys = np.concatenate([r[0] for r in found])
-            sims = np.concatenate([r[1] for r in found])
-            order = np.argsort(-sims, kind="stable")
-            keys, sims = _first_distinct(keys[order], sims[order], self.max_candidates)
-        else:
-            keys, sims = np.zeros(0, np.int64), np.zeros(0, np.float32)
-        if self.centroid_candidates > 0:
-            # References reached through their centroid only carry a NaN stage-1 similarity.
-            ck, _ = view.centroid_candidates(q, self.centroid_candidates)
-            extra = ck[~np.isin(ck, keys)]
-            keys = np.concatenate([keys, extra])
-            sims = np.concatenate([sims, np.full(extra.size, np.nan, np.float32)])
-        return keys, sims
+        """Candidate reference keys (best first) and their best stage-1 similarity, by
+        :func:`~streamcover.catalog.view.stage1_candidates` with this searcher's knobs."""
+        return stage1_candidates(view, q, top_k=self.top_k, fetch=self.fetch, refine=self.refine,
+                                 max_candidates=self.max_candidates,
+                                 centroid_candidates=self.centroid_candidates,
+                                 exact=not self.screens(view), chunk_ids=chunk_ids, memo=memo)
 
     # ------------------------------------------------------------------ stage 2
 
@@ -457,9 +386,3 @@ class TwoStageSearcher:
         """How many screened references are re-scored exactly."""
         return max(self.screen_leaders if screen else 32, 2 * top_n)
 
-
-def _first_distinct(keys: np.ndarray, sims: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``limit`` distinct keys of a best-first list, with their (best) similarity."""
-    _, first = np.unique(keys, return_index=True)
-    pick = np.sort(first)[:limit]
-    return keys[pick], sims[pick]

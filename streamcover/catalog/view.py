@@ -7,13 +7,15 @@ filtered inside the HNSW search (a faiss ``IDSelectorBitmap`` over live position
 top-K are all live), and references added since are searched exactly in a small
 in-memory delta index until the next build folds them in. Stage 1 (each query chunk's
 nearest chunks, and the references with the nearest centroids) is :meth:`SearchView.stage1`
-and :meth:`SearchView.centroid_candidates`; ``search.py`` turns them into candidates.
+and :meth:`SearchView.centroid_candidates`; :func:`stage1_candidates` turns them into the
+candidate references (with a stream's :class:`Stage1Memo`) that ``search.py`` scores.
 """
-
 from __future__ import annotations
 
 import os
 import threading
+import weakref
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -337,3 +339,96 @@ class SearchView:
 
     def metadata_id(self, key: int) -> str:
         return str(self.metadata([key])[key].get("id", key))
+
+
+class Stage1Memo:
+    """Stage-1 results of one query stream's chunks, reused while the catalog view stays.
+
+    A live stream's query is its last few chunks and an upload's is all of them; each new
+    window adds one chunk, so without the memo every window would repeat the HNSW search
+    of every earlier chunk. Entries are dropped when the view changes (a new snapshot or
+    store version) and when their chunk leaves the query.
+    """
+
+    def __init__(self) -> None:
+        self._view: weakref.ref[SearchView] | None = None
+        self._rows: dict[Hashable, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def bind(self, view: SearchView, chunk_ids: Sequence[Hashable]) -> None:
+        """Forget everything if ``view`` is not the one the entries came from, and
+        entries whose chunk is not among ``chunk_ids``."""
+        if self._view is None or self._view() is not view:
+            self._rows.clear()
+            self._view = weakref.ref(view)
+            return
+        keep = set(chunk_ids)
+        for cid in [c for c in self._rows if c not in keep]:
+            del self._rows[cid]
+
+    def get(self, chunk_id: Hashable) -> tuple[np.ndarray, np.ndarray] | None:
+        return self._rows.get(chunk_id)
+
+    def put(self, chunk_id: Hashable, row: tuple[np.ndarray, np.ndarray]) -> None:
+        self._rows[chunk_id] = row
+
+
+def stage1_candidates(view: SearchView, q: np.ndarray, *, top_k: int, fetch: int, refine: int,
+                      max_candidates: int, centroid_candidates: int, exact: bool,
+                      chunk_ids: Sequence[Hashable] | None = None,
+                      memo: Stage1Memo | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate reference keys (best first) and their best stage-1 similarity.
+
+    Each query chunk contributes its ``top_k`` nearest *distinct* references among its
+    ``fetch`` nearest chunks: a reference near the query has several neighbouring chunks
+    (its chunks overlap in time), so K chunk neighbours alone would name far fewer than K
+    references. The union is capped at ``max_candidates``. With ``chunk_ids`` and a
+    ``memo``, chunks already searched on this view are not searched again. Then the
+    ``centroid_candidates`` references whose centroids are nearest the query's
+    (``streamcover.catalog.centroids``) join the set, after the chunk candidates and with
+    a NaN similarity when stage 1 proper did not reach them. ``exact`` as in
+    :meth:`SearchView.stage1`.
+    """
+    rows: list[tuple[np.ndarray, np.ndarray] | None] = [None] * q.shape[0]
+    todo = list(range(q.shape[0]))
+    if memo is not None and chunk_ids is not None:
+        if len(chunk_ids) != q.shape[0]:
+            raise ValueError(f"{q.shape[0]} query chunks but {len(chunk_ids)} chunk ids")
+        memo.bind(view, chunk_ids)
+        todo = []
+        for i, cid in enumerate(chunk_ids):
+            rows[i] = memo.get(cid)
+            if rows[i] is None:
+                todo.append(i)
+    if todo:
+        s1 = view.stage1(q[todo], fetch, refine, exact=exact)
+        for i, keys, sims in zip(todo, s1.ref_keys, s1.sims, strict=True):
+            ok = keys >= 0
+            row = _first_distinct(keys[ok], sims[ok], top_k)
+            rows[i] = row
+            if memo is not None and chunk_ids is not None:
+                memo.put(chunk_ids[i], row)
+    found = [r for r in rows if r is not None]
+    if found and sum(r[0].size for r in found):
+        keys = np.concatenate([r[0] for r in found])
+        sims = np.concatenate([r[1] for r in found])
+        order = np.argsort(-sims, kind="stable")
+        keys, sims = _first_distinct(keys[order], sims[order], max_candidates)
+    else:
+        keys, sims = np.zeros(0, np.int64), np.zeros(0, np.float32)
+    if centroid_candidates > 0:
+        # References reached through their centroid only carry a NaN stage-1 similarity.
+        ck, _ = view.centroid_candidates(q, centroid_candidates)
+        extra = ck[~np.isin(ck, keys)]
+        keys = np.concatenate([keys, extra])
+        sims = np.concatenate([sims, np.full(extra.size, np.nan, np.float32)])
+    return keys, sims
+
+
+def _first_distinct(keys: np.ndarray, sims: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``limit`` distinct keys of a best-first list, with their (best) similarity."""
+    _, first = np.unique(keys, return_index=True)
+    pick = np.sort(first)[:limit]
+    return keys[pick], sims[pick]

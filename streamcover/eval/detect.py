@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from streamcover.audio.chunking import chunk_features
-from streamcover.catalog.search import Stage1Memo, TwoStageSearcher
+from streamcover.catalog.search import TwoStageSearcher
+from streamcover.catalog.view import Stage1Memo
 from streamcover.config import AudioSettings, MatchSettings
 from streamcover.match.decision import Decision, StreamMatcher
 

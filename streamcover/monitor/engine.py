@@ -20,7 +20,7 @@ from streamcover.log import get_logger
 from streamcover.match.decision import Hit
 
 if TYPE_CHECKING:
-    from streamcover.catalog.search import Stage1Memo
+    from streamcover.catalog.view import Stage1Memo
     from streamcover.match.calibration import Calibration
 
 log = get_logger(__name__)

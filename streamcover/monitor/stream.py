@@ -18,7 +18,7 @@ import numpy as np
 
 from streamcover.audio.chunking import ChunkGeometry, normalize_chunks
 from streamcover.audio.resample import StreamResampler
-from streamcover.catalog.search import Stage1Memo
+from streamcover.catalog.view import Stage1Memo
 from streamcover.config import Settings
 from streamcover.events import StreamState
 from streamcover.match.align import N_BINS

@@ -14,7 +14,7 @@ from catalog_helpers import MODEL, PARAMS, as_input
 
 from streamcover.catalog.errors import CatalogCorruptError, CatalogError, ModelMismatchError
 from streamcover.catalog.factory import IndexParams, projection
-from streamcover.catalog.search import Stage1Memo, TwoStageSearcher
+from streamcover.catalog.search import TwoStageSearcher
 from streamcover.catalog.snapshot import (
     REFIT_GROWTH,
     BackgroundBuilder,
@@ -24,7 +24,7 @@ from streamcover.catalog.snapshot import (
 )
 from streamcover.catalog.store import Catalog
 from streamcover.catalog.synthetic import SyntheticCorpus, SyntheticRef
-from streamcover.catalog.view import SearchView
+from streamcover.catalog.view import SearchView, Stage1Memo
 from streamcover.catalog.watcher import SnapshotWatcher
 
 

@@ -464,3 +464,44 @@ def test_a_checkpoint_that_does_not_fit_ends_its_stream_not_the_batch(world: Wor
     assert len(_ends(out.events, "s")) == 1 and len(_ends(out.events, "o")) == 1
     want = Pipeline(world.settings, engine).process(_renumber(other)).events
     assert [_key(e) for e in out.events if e.stream_id == "o"] == [_key(e) for e in want]
+
+
+def test_load_state_itself_skips_a_state_record_that_cannot_be_decoded(
+    world: World, engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A corrupt checkpoint must not stop every start: ``load_state`` skips it with a warning
+    (whatever the decoder raises) instead of raising to its caller; that stream starts
+    afresh and the readable checkpoints load as usual."""
+    import msgpack
+    from structlog.testing import capture_logs
+
+    from streamcover.monitor import checkpoints
+
+    recs = _records(world, {"kept": (world.copy_of("work-1", 40.0), "upload"),
+                            "lost": (world.copy_of("work-0", 40.0), "upload")})
+    first = Pipeline(world.settings, engine).process(recs[:100])  # a window each, no end
+    lost = [v for _, k, v in first.states if k == "lost"][-1]
+    assert lost is not None and any(k == "kept" for _, k, _ in first.states)
+    real = checkpoints.decode_any
+
+    def decoder_bug(data: bytes) -> Any:
+        if data == b"boom":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(data)
+
+    monkeypatch.setattr(checkpoints, "decode_any", decoder_bug)
+    corrupt = [b"\xc1\xff not msgpack", lost[: len(lost) // 2],
+               msgpack.packb({"v": 99, "type": "stream_state"}), b"boom"]
+    pipe = Pipeline(world.settings, engine)
+    with capture_logs() as logs:
+        for p, k, v in first.states:
+            for value in corrupt if k == "lost" else [v]:
+                pipe.load_state(p, k, value)
+    warned = [e for e in logs if e["event"] == "state_unreadable"]
+    assert [e["reason"] for e in warned] == ["malformed", "malformed", "unknown_version",
+                                             "RecursionError"]
+    assert all(e["key"] == "lost" and e["log_level"] == "warning" for e in warned)
+    assert set(pipe.restored) == {"kept"}
+    out = pipe.process(recs[first.offsets[0]:])
+    assert out.dead_letters == [] and pipe.metrics.restored._value.get() == 1
+    assert {e.stream_id for e in out.events if e.kind == "final"} == {"kept", "lost"}
