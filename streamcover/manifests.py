@@ -38,13 +38,20 @@ def read_manifest_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
             for line, text in enumerate(fh, start=1):
                 if not text.strip():
                     continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise ManifestError(f"{path}:{line}: not JSON: {exc}") from exc
-                if not isinstance(obj, dict):
-                    raise ManifestError(f"{path}:{line}: each line must be a JSON object")
-                rows.append((line, obj))
+                rows.append((line, json_object(text, f"{path}:{line}")))
     else:
         raise ManifestError(f"{path}: manifest must be .csv or .jsonl")
     return rows
+
+
+def json_object(text: str, where: str, not_json: str = "not JSON",
+                not_object: str = "each line must be a JSON object") -> dict[str, Any]:
+    """``text`` parsed as one JSON object, else a :class:`ManifestError` (a ValueError):
+    "``where``: ``not_json``: <the parser's reason>" or "``where``: ``not_object``"."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{where}: {not_json}: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: {not_object}")
+    return obj

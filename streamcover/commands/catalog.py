@@ -21,8 +21,10 @@ this module parses arguments and prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 # ----------------------------------------------------------------------------- handlers
 
 
+@contextlib.contextmanager
+def _catalog_errors() -> Iterator[None]:
+    """A catalog error inside becomes the user-facing CliError with its message."""
+    from streamcover.catalog.errors import CatalogError
+    from streamcover.cli import CliError
+
+    try:
+        yield
+    except CatalogError as exc:
+        raise CliError(str(exc)) from exc
+
+
 def _build_index(path: Path, full: bool = False) -> Path | None:
     from streamcover.catalog.factory import IndexParams
     from streamcover.catalog.snapshot import build_snapshot
@@ -101,7 +115,6 @@ def _build_index(path: Path, full: bool = False) -> Path | None:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from streamcover.catalog.errors import CatalogError
     from streamcover.catalog.ingest import Item, add_items, iter_paths, read_manifest
     from streamcover.catalog.store import Catalog
     from streamcover.cli import CliError
@@ -122,13 +135,9 @@ def _add(args: argparse.Namespace) -> int:
     path = catalog_path(args)
     encoder = cli_encoder(args.model)
     t0 = time.perf_counter()
-    try:
-        with Catalog.open(path, "a", model_id=encoder.model_id) as cat:
-            summary = add_items(cat, encoder, items, batch=args.batch,
-                                progress=not args.no_progress)
-            version = cat.version
-    except CatalogError as exc:
-        raise CliError(str(exc)) from exc
+    with _catalog_errors(), Catalog.open(path, "a", model_id=encoder.model_id) as cat:
+        summary = add_items(cat, encoder, items, batch=args.batch, progress=not args.no_progress)
+        version = cat.version
     snap = None if args.no_index else _build_index(path)
     print(f"added {summary.added}, skipped {summary.skipped} (already present), "
           f"failed {len(summary.failed)}; catalog {path} version {version}"
@@ -138,19 +147,17 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
-    from streamcover.catalog.errors import CatalogError
     from streamcover.catalog.store import Catalog
     from streamcover.cli import CliError
 
-    try:
-        with Catalog.open(catalog_path(args), "a") as cat:
-            for ref_id in args.ids:
-                v = cat.remove(ref_id)
-                print(f"removed {ref_id} (version {v})")
-    except KeyError as exc:
-        raise CliError(str(exc.args[0])) from exc
-    except CatalogError as exc:
-        raise CliError(str(exc)) from exc
+    with _catalog_errors():
+        try:
+            with Catalog.open(catalog_path(args), "a") as cat:
+                for ref_id in args.ids:
+                    v = cat.remove(ref_id)
+                    print(f"removed {ref_id} (version {v})")
+        except KeyError as exc:
+            raise CliError(str(exc.args[0])) from exc
     return 0
 
 
@@ -158,14 +165,10 @@ def _list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from streamcover.catalog.errors import CatalogError
     from streamcover.catalog.store import Catalog
-    from streamcover.cli import CliError
 
-    try:
+    with _catalog_errors():
         cat = Catalog.open(catalog_path(args), "r")
-    except CatalogError as exc:
-        raise CliError(str(exc)) from exc
     with cat:
         refs = list(cat.references(include_removed=args.removed))[: args.limit]
     if args.json:
@@ -185,19 +188,15 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from streamcover.catalog.errors import CatalogError
     from streamcover.catalog.ingest import rebuild_reasons
     from streamcover.catalog.snapshot import Snapshot, current_snapshot_path
     from streamcover.catalog.store import Catalog
-    from streamcover.cli import CliError
 
     path = catalog_path(args)
-    try:
+    with _catalog_errors():
         with Catalog.open(path, "r") as cat:
             stats: dict[str, Any] = cat.stats()
         sp = current_snapshot_path(path)
-    except CatalogError as exc:
-        raise CliError(str(exc)) from exc
     if sp is not None:
         m = Snapshot.load(sp, verify=False).manifest
         size = (sp / "index.faiss").stat().st_size
@@ -224,49 +223,36 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from streamcover.catalog.errors import CatalogError
-    from streamcover.cli import CliError
-
-    try:
+    with _catalog_errors():
         snap = _build_index(catalog_path(args), full=args.full)
-    except CatalogError as exc:
-        raise CliError(str(exc)) from exc
     print("catalog is empty: no index built" if snap is None else f"index snapshot {snap.name}")
     return 0
 
 
 def _compact(args: argparse.Namespace) -> int:
-    from streamcover.catalog.errors import CatalogError
     from streamcover.catalog.store import Catalog
-    from streamcover.cli import CliError
 
     path = catalog_path(args)
-    try:
+    with _catalog_errors():
         with Catalog.open(path, "a") as cat:
             info = cat.compact()
         snap = _build_index(path, full=True)
-    except CatalogError as exc:
-        raise CliError(str(exc)) from exc
     print(f"compacted {info['segments_before']} segment(s) into {info['segments_after']} "
           f"({info['chunks']} live chunks)" + (f"; index {snap.name}" if snap else ""))
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from streamcover.catalog.errors import CatalogError
     from streamcover.catalog.snapshot import Snapshot, current_snapshot_path
     from streamcover.catalog.store import Catalog
-    from streamcover.cli import CliError
 
     path = catalog_path(args)
-    try:
+    with _catalog_errors():
         with Catalog.open(path, "r") as cat:
             info = cat.verify()
         sp = current_snapshot_path(path)
         if sp is not None:
             Snapshot.load(sp, verify=True)
-    except CatalogError as exc:
-        raise CliError(str(exc)) from exc
     print(f"ok: {info['segments']} segment(s), {info['rows']} rows"
           + (f", snapshot {sp.name}" if sp else ""))
     return 0
@@ -275,7 +261,6 @@ def _verify(args: argparse.Namespace) -> int:
 def _reembed(args: argparse.Namespace) -> int:
     """Embed every live reference's source audio with the new model into a sibling
     catalog, then swap directories. Resumable: the sibling keeps what it has."""
-    from streamcover.catalog.errors import CatalogError
     from streamcover.catalog.ingest import (
         add_items,
         rebuild_path,
@@ -290,27 +275,20 @@ def _reembed(args: argparse.Namespace) -> int:
     path = catalog_path(args)
     encoder = cli_encoder(args.model)
     hop = get_settings().catalog.reference_hop_seconds
-    try:
-        with Catalog.open(path, "r") as old:
-            reasons = rebuild_reasons(old.stats(), encoder.model_id)
-            if not reasons and not args.force:
-                print(f"catalog {path} is current: model {encoder.model_id}, reference hop "
-                      f"{hop:g} s, features stored (--force rebuilds anyway)")
-                return 0
-            refs = list(old.references())
-    except CatalogError as exc:
-        raise CliError(str(exc)) from exc
+    with _catalog_errors(), Catalog.open(path, "r") as old:
+        reasons = rebuild_reasons(old.stats(), encoder.model_id)
+        if not reasons and not args.force:
+            print(f"catalog {path} is current: model {encoder.model_id}, reference hop "
+                  f"{hop:g} s, features stored (--force rebuilds anyway)")
+            return 0
+        refs = list(old.references())
     items, missing = reembed_items(refs)
     if missing and not args.skip_missing:
         raise CliError(f"{len(missing)} reference(s) have no source audio on disk "
                        f"(e.g. {missing[0]}); pass --skip-missing to drop them")
     new_path = rebuild_path(path, encoder.model_id, hop)
-    try:
-        with Catalog.open(new_path, "a", model_id=encoder.model_id) as new:
-            summary = add_items(new, encoder, items, batch=args.batch,
-                                progress=not args.no_progress)
-    except CatalogError as exc:
-        raise CliError(str(exc)) from exc
+    with _catalog_errors(), Catalog.open(new_path, "a", model_id=encoder.model_id) as new:
+        summary = add_items(new, encoder, items, batch=args.batch, progress=not args.no_progress)
     if summary.failed:
         raise CliError(f"{len(summary.failed)} reference(s) failed to embed; fix and re-run "
                        f"(progress is kept in {new_path})")

@@ -34,93 +34,31 @@ cosine scale of MaxMean: ``live_threshold``, ``chunk_threshold``).
     Uploads keep at most ``_MAX_RELEASED`` released matches besides the open ones.
 
 Event ids are :func:`streamcover.events.event_id` over (stream, kind, reference, segment
-start in ms, window index), so a replay after a crash yields identical ids.
+start in ms, window index), so a replay after a crash yields identical ids. The records the
+matcher reads, keeps and returns (hits, decisions, its chunk and match state) are in
+:mod:`streamcover.match.records`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from dataclasses import asdict
+from typing import Any
 
 from streamcover.config import MatchSettings
 from streamcover.events import EventKind, SourceKind, event_id
+from streamcover.match.records import (
+    Chunk,
+    Decision,
+    Hit,
+    OpenMatch,
+    SetListItem,
+    open_from_state,
+    open_state,
+)
 
-
-class Hit(Protocol):
-    """What the catalog search returns per candidate (catalog.search.SearchHit).
-
-    Hits may also carry the stage scores ``maxmean`` and ``align_score`` (NaN or absent
-    when not computed); decisions pass them on to events.
-    """
-
-    @property
-    def reference_id(self) -> str: ...
-    @property
-    def score(self) -> float: ...
-    @property
-    def metadata(self) -> Mapping[str, Any]: ...
-    @property
-    def alignment(self) -> Sequence[tuple[float, float, float]]: ...
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One thing to tell the world; the monitor turns it into an events.MatchEvent."""
-
-    kind: EventKind
-    event_id: str
-    stream_id: str
-    source: SourceKind
-    reference_id: str | None
-    reference: dict[str, str]
-    score: float
-    chunks_used: int
-    stream_span: tuple[float, float]
-    reference_span: tuple[float, float] | None
-    window_index: int
-    setlist: tuple[SetListItem, ...] = ()
-    # Earlier set-list entries not in ``setlist`` (MatchEvent.setlist_omitted).
-    setlist_omitted: int = 0
-    # The stage scores behind ``score`` (None: not computed): stage-2 MaxMean, stage-3 alignment.
-    maxmean: float | None = None
-    alignment_score: float | None = None
-
-
-@dataclass(frozen=True)
-class SetListItem:
-    reference_id: str
-    reference: dict[str, str]
-    start: float
-    end: float
-    score: float
-
-
-@dataclass
-class _Chunk:
-    index: int
-    start: float
-    end: float
-    # reference id -> (sim, reference chunk start)
-    sims: dict[str, tuple[float, float]] = field(default_factory=dict)
-
-
-@dataclass
-class _Open:
-    """An open match (upload) or open set-list segment (live)."""
-
-    reference_id: str
-    reference: dict[str, str]
-    start: float
-    first_index: int
-    last_index: int
-    score: float
-    emitted_score: float
-    emitted_ref_span: float
-    ref_span: tuple[float, float] | None
-    misses: int = 0
-    open: bool = True
+__all__ = ["Decision", "Hit", "SetListItem", "StreamMatcher"]
 
 
 def _meta(metadata: Mapping[str, Any]) -> dict[str, str]:
@@ -157,9 +95,9 @@ class StreamMatcher:
         self.settings = settings
         self.window_s = window_s
         self.hop_s = hop_s
-        self.chunks: list[_Chunk] = []
-        self.matches: dict[str, _Open] = {}  # uploads
-        self.segment: _Open | None = None  # live
+        self.chunks: list[Chunk] = []
+        self.matches: dict[str, OpenMatch] = {}  # uploads
+        self.segment: OpenMatch | None = None  # live
         self.closed: list[SetListItem] = []
         self.closed_omitted = 0  # closed segments dropped from ``closed`` (the oldest)
         self.last_boundary = 0.0
@@ -182,7 +120,7 @@ class StreamMatcher:
         """Register a new chunk (its embedding is kept by the caller)."""
         if self.chunks and index <= self.chunks[-1].index:
             raise ValueError(f"chunk {index} is not after chunk {self.chunks[-1].index}")
-        self.chunks.append(_Chunk(index, start, end))
+        self.chunks.append(Chunk(index, start, end))
         self._trim()
 
     def _trim(self) -> None:
@@ -222,7 +160,7 @@ class StreamMatcher:
         return self._live_window(index, metadata)
 
     # ---- uploads -----------------------------------------------------------------------------
-    def _ref_span(self, ref: str, chunks: Sequence[_Chunk]) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    def _ref_span(self, ref: str, chunks: Sequence[Chunk]) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
         """(query span, reference span) of the chunks that align with ``ref``."""
         good = [c for c in chunks if c.sims.get(ref, (-1.0, 0.0))[0] >= self.settings.chunk_threshold]
         if not good:
@@ -265,8 +203,8 @@ class StreamMatcher:
             if (current is None or not current.open) and score >= need and used >= s.min_chunks:
                 q, r = self._ref_span(ref, self.chunks)
                 q = q or (self.chunks[0].start, self.chunks[-1].end)
-                m = _Open(ref, metadata.get(ref, {}), q[0], index, index, score, score,
-                          (r[1] - r[0]) if r else 0.0, r)
+                m = OpenMatch(ref, metadata.get(ref, {}), q[0], index, index, score, score,
+                              (r[1] - r[0]) if r else 0.0, r)
                 self.matches.pop(ref, None)
                 self.matches[ref] = m
                 self._drop_released()
@@ -285,10 +223,10 @@ class StreamMatcher:
             self.closed_omitted += excess
 
     # ---- live --------------------------------------------------------------------------------
-    def _sim(self, chunk: _Chunk, ref: str) -> float:
+    def _sim(self, chunk: Chunk, ref: str) -> float:
         return chunk.sims.get(ref, (0.0, 0.0))[0]
 
-    def _boundary(self, before: _Chunk | None, after: _Chunk) -> float:
+    def _boundary(self, before: Chunk | None, after: Chunk) -> float:
         """Midway through the overlap of the last window before and the first window after."""
         if before is None:
             return max(self.last_boundary, after.start)
@@ -332,12 +270,12 @@ class StreamMatcher:
             out.extend(self._try_open(index, metadata))
         return out
 
-    def _segment_chunks(self, seg: _Open) -> list[_Chunk]:
+    def _segment_chunks(self, seg: OpenMatch) -> list[Chunk]:
         chunks = [c for c in self.chunks if seg.first_index <= c.index <= seg.last_index]
         return chunks[-self.settings.horizon_chunks:] or [self.chunks[-1]]
 
     def _close_segment(self, index: int, stream_end: float | None = None,
-                       next_first: _Chunk | None = None) -> list[Decision]:
+                       next_first: Chunk | None = None) -> list[Decision]:
         seg = self.segment
         assert seg is not None
         self.segment = None
@@ -367,7 +305,7 @@ class StreamMatcher:
         free = free[-s.horizon_chunks:]
         ranked = sorted(newest.sims, key=lambda r: -self._sim(newest, r))
         for ref in ranked[:3]:
-            run: list[_Chunk] = []
+            run: list[Chunk] = []
             for c in reversed(free):
                 if self._sim(c, ref) >= s.chunk_threshold and c.start >= self.last_boundary - self.window_s / 2:
                     run.append(c)
@@ -386,7 +324,7 @@ class StreamMatcher:
                 start = self._boundary(before, run[0])
             _, r = self._ref_span(ref, run)
             span_len = (r[1] - r[0]) if r else 0.0
-            seg = _Open(ref, metadata.get(ref, {}), start, run[0].index, index, score, score, span_len, r)
+            seg = OpenMatch(ref, metadata.get(ref, {}), start, run[0].index, index, score, score, span_len, r)
             self.segment = seg
             return [self._decision("match", seg, score, len(run), (start, newest.end), r, index)]
         return []
@@ -440,7 +378,7 @@ class StreamMatcher:
     def _decision(
         self,
         kind: EventKind,
-        m: _Open,
+        m: OpenMatch,
         score: float,
         chunks_used: int,
         span: tuple[float, float],
@@ -464,8 +402,8 @@ class StreamMatcher:
         """A msgpack-friendly snapshot (restored by :meth:`from_state`)."""
         return {
             "chunks": [[c.index, c.start, c.end, {r: list(v) for r, v in c.sims.items()}] for c in self.chunks],
-            "matches": {r: _open_state(m) for r, m in self.matches.items()},
-            "segment": _open_state(self.segment) if self.segment else None,
+            "matches": {r: open_state(m) for r, m in self.matches.items()},
+            "segment": open_state(self.segment) if self.segment else None,
             "closed": [asdict(i) for i in self.closed],
             "closed_omitted": self.closed_omitted,
             "last_boundary": self.last_boundary,
@@ -486,11 +424,11 @@ class StreamMatcher:
     ) -> StreamMatcher:
         m = cls(stream_id, source, settings, window_s, hop_s)
         m.chunks = [
-            _Chunk(int(i), float(a), float(b), {str(r): (float(v[0]), float(v[1])) for r, v in sims.items()})
+            Chunk(int(i), float(a), float(b), {str(r): (float(v[0]), float(v[1])) for r, v in sims.items()})
             for i, a, b, sims in state["chunks"]
         ]
-        m.matches = {str(r): _open_from(o) for r, o in state["matches"].items()}
-        m.segment = _open_from(state["segment"]) if state["segment"] else None
+        m.matches = {str(r): open_from_state(o) for r, o in state["matches"].items()}
+        m.segment = open_from_state(state["segment"]) if state["segment"] else None
         m.closed = [SetListItem(**i) for i in state["closed"]]
         m.closed_omitted = int(state.get("closed_omitted", 0))
         m._bound_closed()
@@ -500,17 +438,3 @@ class StreamMatcher:
         m.last_best = (state["last_best"][0], float(state["last_best"][1]))
         m.finished = bool(state["finished"])
         return m
-
-
-def _open_state(o: _Open) -> dict[str, Any]:
-    d = asdict(o)
-    d["ref_span"] = list(o.ref_span) if o.ref_span else None
-    return d
-
-
-def _open_from(d: Mapping[str, Any]) -> _Open:
-    kw = dict(d)
-    kw["ref_span"] = tuple(kw["ref_span"]) if kw.get("ref_span") else None
-    kw["reference"] = dict(kw["reference"])
-    return _Open(**kw)
-

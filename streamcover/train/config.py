@@ -7,11 +7,12 @@ saved config is enough to reproduce or resume it. A config file may extend anoth
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from streamcover.manifests import json_object
 
 
 class DataConfig(BaseModel):
@@ -147,26 +148,24 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+_NOT_OBJECT = "a training config must be a JSON object"
+
+
 def _read_mapping(path: Path) -> dict[str, Any]:
     """One config file's own JSON (or YAML) object, before its base is applied."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ValueError(f"{path}: training config not found") from None
-    data: Any
-    if path.suffix.lower() in {".yaml", ".yml"}:
-        try:
-            import yaml
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ValueError(f"{path}: YAML configs need PyYAML; use JSON instead") from exc
-        data = yaml.safe_load(text)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    if path.suffix.lower() not in {".yaml", ".yml"}:
+        return json_object(text, str(path), "not valid JSON", _NOT_OBJECT)
+    try:
+        import yaml
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ValueError(f"{path}: YAML configs need PyYAML; use JSON instead") from exc
+    data = yaml.safe_load(text)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a training config must be a JSON object")
+        raise ValueError(f"{path}: {_NOT_OBJECT}")
     return data
 
 

@@ -374,18 +374,12 @@ def _progress(enabled: bool, total: int, start: int) -> Iterator[Any]:
     if not enabled:
         yield lambda step, loss: None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import Progress
 
-    with Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
-                  TimeRemainingColumn(), transient=False) as prog:
+    from streamcover.progress import progress_columns
+
+    with Progress(*progress_columns("train", stats="loss {task.fields[loss]:.4f}"),
+                  transient=False) as prog:
         task = prog.add_task("train", total=total, completed=start, loss=float("nan"))
 
         def advance(step: int, loss: float) -> None:

@@ -55,18 +55,28 @@ def _pair_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
     return same & ~eye, ~same
 
 
+def _hardest(dist: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Batch-hard mining on a distance-like matrix [B, B] (lower = closer): per anchor, the
+    farthest positive and the nearest negative, and which anchors have both in the batch
+    (None when none does)."""
+    pos, neg = _pair_masks(labels)
+    valid = pos.any(1) & neg.any(1)
+    if not bool(valid.any()):
+        return None
+    hardest_pos = dist.masked_fill(~pos, float("-inf")).amax(1)
+    hardest_neg = dist.masked_fill(~neg, float("inf")).amin(1)
+    return hardest_pos, hardest_neg, valid
+
+
 def batch_hard_triplet(features: Tensor, labels: Tensor, margin: float) -> Tensor:
     """Batch-hard triplet on Euclidean distances: relu(d(a, hardest p) - d(a, hardest n) + margin).
 
     Anchors without a positive or without a negative in the batch are skipped.
     """
-    d = torch.cdist(features.float(), features.float())
-    pos, neg = _pair_masks(labels)
-    valid = pos.any(1) & neg.any(1)
-    if not bool(valid.any()):
+    hardest = _hardest(torch.cdist(features.float(), features.float()), labels)
+    if hardest is None:
         return features.sum() * 0.0
-    hardest_pos = d.masked_fill(~pos, float("-inf")).amax(1)
-    hardest_neg = d.masked_fill(~neg, float("inf")).amin(1)
+    hardest_pos, hardest_neg, valid = hardest
     return F.relu(hardest_pos - hardest_neg + margin)[valid].mean()
 
 
@@ -76,13 +86,13 @@ def maxmean_triplet(sim: Tensor, labels: Tensor, margin: float, pull_weight: flo
     relu((1 + m) * hardest_negative_sim - hardest_positive_sim), plus ``pull_weight`` times
     the mean of (1 - sim) over positive pairs, which pulls versions toward each other.
     """
-    pos, neg = _pair_masks(labels)
-    valid = pos.any(1) & neg.any(1)
-    if not bool(valid.any()):
+    hardest = _hardest(-sim, labels)  # mined on -sim: the hardest are the least / most similar
+    if hardest is None:
         return sim.sum() * 0.0
-    hardest_pos = sim.masked_fill(~pos, float("inf")).amin(1)
-    hardest_neg = sim.masked_fill(~neg, float("-inf")).amax(1)
+    far_pos, near_neg, valid = hardest
+    hardest_pos, hardest_neg = -far_pos, -near_neg
     trip = F.relu((1.0 + margin) * hardest_neg - hardest_pos)[valid].mean()
+    pos, _ = _pair_masks(labels)
     pull = (1.0 - sim[pos]).mean()
     return trip + pull_weight * pull
 

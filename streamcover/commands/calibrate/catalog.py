@@ -1,0 +1,89 @@
+"""The calibration catalog `streamcover calibrate` searches: the positive Debian recordings
+and one version of every cover-set work, built through the public store and index functions
+(as ``catalog add`` does) and cached by everything that shapes it."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from streamcover.commands.calibrate.cache import RECIPE, digest
+
+if TYPE_CHECKING:
+    from streamcover.commands.calibrate.data import Data
+    from streamcover.config import Settings
+    from streamcover.model.inference import Encoder
+
+
+def build_catalog(root: Path, encoder: Encoder, settings: Settings, data: Data, progress: Any) -> Path:
+    """The calibration catalog, through the public store and index functions (as ``catalog
+    add`` does), cached by everything that shapes it."""
+    from streamcover.audio.decode import load_audio
+    from streamcover.catalog import store
+    from streamcover.catalog.factory import IndexParams
+    from streamcover.catalog.snapshot import build_snapshot
+
+    cs = settings.catalog
+    hop = getattr(cs, "reference_hop_seconds", None)
+    params = IndexParams.from_settings(cs)
+    refs = [(r.ref_id, r.sha256) for r in data.positives] + [
+        (rid, c.name) for c in data.covers for rid in c.ref_ids]
+    key = digest(RECIPE, encoder.model_id, getattr(encoder.frontend, "params", None), hop,
+                  store.SCHEMA_VERSION,
+                  getattr(store, "FEATURE_FORMAT", None), params.build_key(),
+                  settings.audio.window_seconds, settings.audio.min_clip_seconds, refs)
+    path = root / f"catalog-{key}"
+    if (path / ".complete").is_file():
+        return path
+    add_kw = set(inspect.signature(store.Catalog.add_references).parameters)
+    has_feats = "features" in {f.name for f in dataclasses.fields(store.ReferenceInput)}
+    embed_kw: dict[str, Any] = {}
+    if "hop_seconds" in inspect.signature(encoder.embed_features).parameters and hop is not None:
+        embed_kw["hop_seconds"] = hop
+    fe = encoder.frontend
+    batch: list[store.ReferenceInput] = []
+
+    def flush(cat: store.Catalog, fps: float) -> None:
+        kw: dict[str, Any] = {}
+        if "reference_hop_s" in add_kw:
+            kw["reference_hop_s"] = hop
+        if "feature_fps" in add_kw and has_feats:
+            kw["feature_fps"] = fps
+        if batch:
+            cat.add_references(batch, encoder.model_id, **kw)
+            batch.clear()
+
+    def ref(rid: str, feat: np.ndarray, **meta: Any) -> store.ReferenceInput:
+        emb = encoder.embed_features(feat, **embed_kw)
+        extra: dict[str, Any] = {"features": feat} if has_feats else {}
+        return store.ReferenceInput(id=rid, vectors=emb.vectors, starts=emb.starts,
+                                    duration=float(emb.duration_s), **meta, **extra)
+
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    with store.Catalog.open(path, "w", model_id=encoder.model_id) as cat:
+        task = progress.add_task("catalog: debian", total=len(data.positives), note="")
+        for r in data.positives:
+            feat = np.asarray(fe.features(load_audio(r.path, fe.sample_rate)), np.float32)
+            batch.append(ref(r.ref_id, feat, title=r.path.stem, artist=r.package,
+                             content_hash=r.sha256, source_path=str(r.path)))
+            if len(batch) >= 32:
+                flush(cat, float(fe.frames_per_second))
+            progress.advance(task)
+        flush(cat, float(fe.frames_per_second))
+        for c in data.covers:
+            task = progress.add_task(f"catalog: {c.name}", total=len(c.ref_ids), note="")
+            for rid, feat in zip(c.ref_ids, c.ref_features, strict=True):
+                batch.append(ref(rid, feat, title=rid, artist=c.name))
+                if len(batch) >= 128:
+                    flush(cat, float(fe.frames_per_second))
+                progress.advance(task)
+            flush(cat, float(fe.frames_per_second))
+        build_snapshot(cat, params, incremental=False)
+    (path / ".complete").write_text(key + "\n")
+    return path
