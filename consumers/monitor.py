@@ -24,122 +24,70 @@ A failed transaction (broker restart, leader change) re-creates the partition's 
 and rewinds the partition to the broker's committed state; an unreachable broker is
 retried with backoff for ``monitor.broker_retry_seconds`` (then exit 75).
 SIGTERM/SIGINT: finish the current batch, commit, leave the group, exit 0.
+
+This module: :class:`Monitor` (the group member: start, stop, the loop, the per-partition
+commit, fencing, recovery and rebalance) and :func:`run_monitor`. Its parts, one module each:
+``consumers.exit_codes`` (74/75/78, :class:`MonitorExit`), ``consumers.broker_retry``,
+``consumers.duplicate_instance`` (exit 78 at start), ``consumers.partition_producers`` (the
+transactional producers and their transactions), ``consumers.partition_routing`` (output by
+partition), ``consumers.state_restore`` (checkpoints from the state topic),
+``consumers.rebalance`` (the listener); the process entry point is ``consumers.monitor_main``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import Any
 
-from consumers.kafka import admin_kwargs, consumer_kwargs, ensure_topics, producer_kwargs
-from streamcover.config import KafkaSettings, Settings, get_settings
-from streamcover.events import encode, value_budget
+from consumers.broker_retry import backoff_delays, with_broker_retry
+from consumers.duplicate_instance import (
+    member_client_id,
+    member_client_ids,
+    refuse_duplicate,
+    same_instance,
+)
+from consumers.exit_codes import (
+    EXIT_BROKER,
+    EXIT_DUPLICATE,
+    EXIT_NO_MODEL,
+    EXIT_OK,
+    EXIT_STATE_LOAD,
+    MonitorExit,
+)
+from consumers.kafka import consumer_kwargs, ensure_topics
+from consumers.partition_producers import PartitionProducers, is_fenced
+from consumers.partition_routing import keyed_partition, split_output
+from consumers.rebalance import RebalanceListener
+from consumers.state_restore import StateLoadError, load_state
+from streamcover.config import Settings
 from streamcover.log import get_logger
-from streamcover.model.loading import EncoderMissingError
-from streamcover.monitor.engine import Engine, build_engine
-from streamcover.monitor.metrics import Metrics, serve
+from streamcover.monitor.engine import Engine
+from streamcover.monitor.metrics import Metrics
 from streamcover.monitor.pipeline import InRecord, Output, Pipeline
 
+# What callers and tests import from here (most of it defined in the modules named above).
+__all__ = [
+    "EXIT_BROKER",
+    "EXIT_DUPLICATE",
+    "EXIT_NO_MODEL",
+    "EXIT_OK",
+    "EXIT_STATE_LOAD",
+    "Monitor",
+    "MonitorExit",
+    "StateLoadError",
+    "backoff_delays",
+    "keyed_partition",
+    "load_state",
+    "member_client_ids",
+    "run_monitor",
+    "same_instance",
+    "split_output",
+]
+
 log = get_logger(__name__)
-
-T = TypeVar("T")
-
-# Exit codes (docs/monitor.md "Broker faults"); sysexits.h names, so supervisors can tell
-# a transient fault (restart) from a configuration error (do not restart in a loop).
-EXIT_OK = 0
-EXIT_STATE_LOAD = 74  # EX_IOERR: checkpoints of an assigned partition could not be read
-EXIT_BROKER = 75  # EX_TEMPFAIL: broker unreachable past monitor.broker_retry_seconds
-EXIT_DUPLICATE = 78  # EX_CONFIG: another live monitor already uses this instance id
-EXIT_NO_MODEL = 78  # EX_CONFIG: no encoder weights at encoder.model_path
-
-
-class MonitorExit(Exception):
-    """The monitor must stop: ``code`` is the process exit status, ``message`` says why."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class StateLoadError(RuntimeError):
-    """The state partitions could not be read up to their end offsets."""
-
-
-def backoff_delays(first: float = 0.5, cap: float = 10.0) -> Iterator[float]:
-    """Exponential backoff delays: first, 2·first, … capped at ``cap`` (forever)."""
-    delay = first
-    while True:
-        yield delay
-        delay = min(cap, delay * 2)
-
-
-def split_output(out: Output, partition_of: Callable[[str], int | None]) -> dict[int, Output]:
-    """Split one batch's output into one :class:`Output` per input partition.
-
-    Why: each input partition commits in its own transaction (its own transactional id),
-    so everything a partition's records caused must travel with that partition's offset.
-    Events are placed by their stream (``partition_of``); ones whose stream is unknown are
-    left out under the key -1 for the caller to report.
-    """
-    parts: dict[int, Output] = {}
-
-    def at(p: int) -> Output:
-        return parts.setdefault(p, Output())
-
-    for ev in out.events:
-        p = partition_of(ev.stream_id)
-        at(-1 if p is None else p).events.append(ev)
-    for dl in out.dead_letters:
-        at(dl.partition).dead_letters.append(dl)
-    for state in out.states:
-        at(state[0]).states.append(state)
-    for p, off in out.offsets.items():
-        at(p).offsets[p] = off
-    return parts
-
-
-def member_client_ids(described: Iterable[Any]) -> list[str]:
-    """Client ids of the members in DescribeGroups responses (any protocol version).
-
-    A member is ``(member_id, [group_instance_id,] client_id, client_host, metadata,
-    assignment)``: the client id is the third string field from the end of the strings
-    before the two byte fields.
-    """
-    ids: list[str] = []
-    for response in described:
-        for group in getattr(response, "groups", []):
-            members = next((f for f in group if isinstance(f, list)), [])
-            for member in members:
-                strings = [f for f in member if isinstance(f, str) or f is None]
-                # (member_id, client_id, host) or (member_id, instance_id, client_id, host)
-                if len(strings) >= 3 and isinstance(strings[-2], str):
-                    ids.append(strings[-2])
-    return ids
-
-
-def keyed_partition(stream_id: str, partitions: list[int]) -> int:
-    """The partition Kafka's default partitioner (murmur2 of the key) gives ``stream_id``."""
-    from aiokafka.partitioner import DefaultPartitioner
-
-    return int(DefaultPartitioner()(stream_id.encode(), partitions, partitions))
-
-
-def same_instance(client_id: str, instance_id: str) -> bool:
-    """Whether a group member's client id names monitor instance ``instance_id`` (whatever
-    ``kafka.client_id`` that monitor was started with)."""
-    return client_id.endswith(f"-monitor-{instance_id}")
-
-
-def _is_fenced(exc: BaseException) -> bool:
-    from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
-
-    return isinstance(exc, (ProducerFenced, InvalidProducerEpoch)) or "fenced" in type(exc).__name__.lower()
 
 
 class Monitor:
@@ -153,7 +101,7 @@ class Monitor:
         self.pipeline = Pipeline(settings, engine, self.metrics)
         self.lock = asyncio.Lock()
         self.consumer: Any = None
-        self.producers: dict[int, Any] = {}
+        self.transactions = PartitionProducers(settings.kafka)
         self.assigned: set[int] = set()
         self.batches = 0
         self.events_out = 0
@@ -166,26 +114,30 @@ class Monitor:
     # ---- identity ------------------------------------------------------------------------------
     def transactional_id(self, partition: int) -> str:
         """The transactional id of input partition ``partition`` (shared by every instance)."""
-        k = self.settings.kafka
-        return f"{k.transactional_id_prefix}-{k.audio_topic}-{partition}"
+        return self.transactions.transactional_id(partition)
 
     @property
     def member_client_id(self) -> str:
         """The consumer's client id: names the instance in the group (duplicate check)."""
-        return f"{self.settings.kafka.client_id}-monitor-{self.settings.monitor.instance_id}"
+        return member_client_id(self.settings)
+
+    @property
+    def producers(self) -> dict[int, Any]:
+        """The transactional producer of each owned input partition."""
+        return self.transactions.producers
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer
 
         k = self.settings.kafka
-        await self._with_broker_retry("ensure_topics", lambda: ensure_topics(k))
-        await self._refuse_duplicate()
+        await with_broker_retry(self.settings, "ensure_topics", lambda: ensure_topics(k))
+        await refuse_duplicate(self.settings)
 
         async def connect() -> Any:
             consumer = AIOKafkaConsumer(**consumer_kwargs(
                 k, client_id=self.member_client_id, max_poll_interval_ms=600_000))
-            consumer.subscribe([k.audio_topic], listener=_Listener(self))
+            consumer.subscribe([k.audio_topic], listener=RebalanceListener(self))
             try:
                 await consumer.start()
             except BaseException:
@@ -194,7 +146,7 @@ class Monitor:
                 raise
             return consumer
 
-        self.consumer = await self._with_broker_retry("consumer_start", connect)
+        self.consumer = await with_broker_retry(self.settings, "consumer_start", connect)
         log.info("monitor_started", instance_id=self.settings.monitor.instance_id, group=k.group_id,
                  transactional_ids=self.transactional_id(0).rsplit("-", 1)[0] + "-<partition>",
                  model_id=self.engine.model_id, trained=self.engine.trained)
@@ -203,67 +155,9 @@ class Monitor:
         with contextlib.suppress(Exception):
             if self.consumer is not None:
                 await asyncio.wait_for(self.consumer.stop(), 30)
-        await self._close_producers(list(self.producers))
+        await self.transactions.close(list(self.producers))
         log.info("monitor_stopped", batches=self.batches, events=self.events_out,
                  fenced=self.fenced, recovered=self.recovered)
-
-    async def _refuse_duplicate(self) -> None:
-        """Exit 78 if a live member of the group already has this instance's client id.
-
-        A member that died (kill -9) stays listed until its session times out, so a listed
-        twin is waited for that long: a dead one disappears, a live one stays.
-        """
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        k = self.settings.kafka
-        deadline = time.monotonic() + k.session_timeout_ms / 1000 + 3.0
-        waited = False
-        while True:
-            async def describe() -> list[str]:
-                admin = AIOKafkaAdminClient(**admin_kwargs(k))
-                try:
-                    await admin.start()
-                    return member_client_ids(await admin.describe_consumer_groups([k.group_id]))
-                finally:
-                    await admin.close()
-
-            members = await self._with_broker_retry("describe_group", describe)
-            if not any(same_instance(c, self.settings.monitor.instance_id) for c in members):
-                if waited:
-                    log.info("instance_id_free", instance_id=self.settings.monitor.instance_id)
-                return
-            if time.monotonic() > deadline:
-                raise MonitorExit(EXIT_DUPLICATE, (
-                    f"another monitor with instance id {self.settings.monitor.instance_id!r} is "
-                    f"live in consumer group {k.group_id!r}; give each running "
-                    "instance its own --instance-id / STREAMCOVER_MONITOR__INSTANCE_ID"))
-            if not waited:
-                log.warning("instance_id_in_use_waiting", instance_id=self.settings.monitor.instance_id,
-                            seconds=round(deadline - time.monotonic(), 1))
-                waited = True
-            await asyncio.sleep(1.0)
-
-    async def _with_broker_retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run ``call`` until it succeeds, backing off, for ``monitor.broker_retry_seconds``;
-        then raise :class:`MonitorExit` (75). Each attempt is bounded by the request timeout."""
-        limit = self.settings.monitor.broker_retry_seconds
-        timeout = self.settings.kafka.request_timeout_ms / 1000 * 2 + 5
-        deadline = time.monotonic() + limit
-        for attempt, delay in enumerate(backoff_delays(), start=1):
-            try:
-                return await asyncio.wait_for(call(), timeout)
-            except MonitorExit:
-                raise
-            except Exception as exc:  # broker errors of every kind are retried alike
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise MonitorExit(EXIT_BROKER, (
-                        f"{what}: the Kafka broker at {self.settings.kafka.bootstrap_servers} was "
-                        f"not usable for {limit:.0f} s (last error: {type(exc).__name__}: {exc})")) from exc
-                log.warning("broker_retry", what=what, attempt=attempt, error=f"{type(exc).__name__}: {exc}",
-                            retry_in_s=round(min(delay, left), 2))
-                await asyncio.sleep(min(delay, left))
-        raise AssertionError("unreachable")
 
     # ---- the loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -344,13 +238,13 @@ class Monitor:
         if unowned:
             log.warning("output_for_unowned_partitions", partitions=unowned)
         owned = sorted(p for p in parts if p not in unowned)
-        results = await asyncio.gather(*(self._commit_partition(p, parts[p]) for p in owned),
+        results = await asyncio.gather(*(self.transactions.commit(p, parts[p]) for p in owned),
                                        return_exceptions=True)
         for p, res in zip(owned, results, strict=True):
             if isinstance(res, asyncio.CancelledError):
                 raise res
             if isinstance(res, BaseException):
-                if _is_fenced(res):
+                if is_fenced(res):
                     await self._on_fenced(p, res)
                 else:
                     log.warning("transaction_failed", partition=p, error=f"{type(res).__name__}: {res}")
@@ -363,34 +257,6 @@ class Monitor:
                 log.info("event", kind=ev.kind, stream=ev.stream_id, reference=ev.reference_id,
                          score=round(ev.score, 4), span=[ev.stream_span.start, ev.stream_span.end],
                          latency_ms=round(ev.latency_ms, 1), event_id=ev.event_id, partition=p)
-
-    async def _commit_partition(self, partition: int, out: Output) -> None:
-        from aiokafka import TopicPartition
-
-        k = self.settings.kafka
-        producer = self.producers[partition]
-
-        async def transact() -> None:
-            async with producer.transaction():
-                futures = []
-                for ev in out.events:
-                    ev_key = ev.stream_id.encode()
-                    # shrunk (set list, metadata) to what the broker accepts: events.fit_event
-                    ev_value = encode(ev, max_bytes=value_budget(k.max_message_bytes, ev_key))
-                    futures.append(await producer.send(k.match_topic, key=ev_key, value=ev_value))
-                for dl in out.dead_letters:
-                    futures.append(await producer.send(k.dead_letter_topic, key=dl.key, value=encode(dl)))
-                for p, key, value in out.states:
-                    # value None is a tombstone: compaction deletes the key.
-                    futures.append(await producer.send(k.state_topic, key=key.encode(), value=value,
-                                                       partition=p))
-                if futures:
-                    await asyncio.gather(*futures)
-                if partition in out.offsets:
-                    await producer.send_offsets_to_transaction(
-                        {TopicPartition(k.audio_topic, partition): out.offsets[partition]}, k.group_id)
-
-        await asyncio.wait_for(transact(), k.request_timeout_ms / 1000 * 2 + 5)
 
     async def _update_lag(self, topic: str) -> None:
         from aiokafka import TopicPartition
@@ -452,7 +318,7 @@ class Monitor:
                     else:
                         self.consumer.seek(tp, committed)
 
-                await self._with_broker_retry(f"recover partition {p}", retake)
+                await with_broker_retry(self.settings, f"recover partition {p}", retake)
                 self.consumer.resume(tp)
                 self.assigned.add(p)
                 self.recovered += 1
@@ -461,36 +327,14 @@ class Monitor:
     async def _release(self, partitions: set[int]) -> None:
         self.pipeline.drop_partitions(partitions)
         self.assigned -= partitions
-        await self._close_producers(sorted(partitions))
-
-    async def _close_producers(self, partitions: list[int]) -> None:
-        producers = [self.producers.pop(p) for p in partitions if p in self.producers]
-
-        async def close(producer: Any) -> None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), 10)
-
-        await asyncio.gather(*(close(pr) for pr in producers))
+        await self.transactions.close(sorted(partitions))
 
     async def _take(self, partitions: set[int]) -> int:
         """Create the partitions' producers (fencing any previous owner and ending its open
         transaction), then load their checkpoints. Returns the number of states loaded."""
-        from aiokafka import AIOKafkaProducer
-
-        k = self.settings.kafka
-
-        async def producer_for(p: int) -> None:
-            producer = AIOKafkaProducer(**producer_kwargs(k, transactional_id=self.transactional_id(p)))
-            try:
-                await producer.start()  # InitProducerId: bumps the epoch, aborts a zombie's txn
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(producer.stop(), 10)
-                raise
-            self.producers[p] = producer
-
-        await asyncio.gather(*(producer_for(p) for p in sorted(partitions) if p not in self.producers))
-        return await load_state(k, partitions, self._load_one, self.settings.monitor.state_load_timeout_s)
+        await self.transactions.open(partitions)
+        return await load_state(self.settings.kafka, partitions, self._load_one,
+                                self.settings.monitor.state_load_timeout_s)
 
     def _load_one(self, partition: int, key: str, value: bytes | None) -> None:
         """One state record into the pipeline; an unreadable one is skipped with a warning
@@ -541,69 +385,6 @@ class Monitor:
                  seconds=round(time.perf_counter() - t0, 3))
 
 
-async def load_state(settings: KafkaSettings, partitions: set[int],
-                     sink: Callable[[int, str, bytes | None], None], timeout_s: float) -> int:
-    """Feed every committed record of the state ``partitions`` to ``sink`` in log order.
-
-    Reads up to the end offsets taken at the start (read_committed: the last stable offset,
-    so an open transaction of a predecessor must have been ended first). Raises
-    :class:`StateLoadError` if those offsets are not reached within ``timeout_s``.
-    """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    if not partitions:
-        return 0
-    reader = AIOKafkaConsumer(**consumer_kwargs(settings, group_id=None, enable_auto_commit=False))
-    await reader.start()
-    count = 0
-    try:
-        tps = [TopicPartition(settings.state_topic, p) for p in sorted(partitions)]
-        reader.assign(tps)
-        await reader.seek_to_beginning(*tps)
-        ends: Mapping[Any, int] = await reader.end_offsets(tps)
-        pending = {tp for tp in tps if ends.get(tp, 0) > 0}
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            if time.monotonic() > deadline:
-                raise StateLoadError(
-                    f"state partitions {sorted(tp.partition for tp in pending)} not read to their end "
-                    f"offsets within {timeout_s:g} s")
-            got = await reader.getmany(*pending, timeout_ms=200)
-            for tp, msgs in got.items():
-                for m in msgs:
-                    if m.key is None:
-                        continue
-                    sink(tp.partition, m.key.decode(), m.value)
-                    count += 1
-            for tp in list(pending):
-                # Control records (transaction markers) advance the position without records.
-                if await reader.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-    finally:
-        await reader.stop()
-    return count
-
-
-def _listener_base() -> type:
-    from aiokafka import ConsumerRebalanceListener
-
-    return ConsumerRebalanceListener
-
-
-class _Listener(_listener_base()):  # type: ignore[misc]
-    """Rebalance callbacks: revocation waits for the transaction in flight; assignment
-    takes the partitions before their records are processed."""
-
-    def __init__(self, monitor: Monitor) -> None:
-        self.monitor = monitor
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.monitor.on_revoked(tp.partition for tp in revoked)
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.monitor.on_assigned(tp.partition for tp in assigned)
-
-
 async def run_monitor(settings: Settings, engine: Engine, stop: asyncio.Event,
                       metrics: Metrics | None = None) -> Monitor:
     """Start, run until ``stop``, stop cleanly; returns the (stopped) monitor.
@@ -615,44 +396,3 @@ async def run_monitor(settings: Settings, engine: Engine, stop: asyncio.Event,
     finally:
         await mon.stop()
     return mon
-
-
-def _apply_args(settings: Settings, args: argparse.Namespace) -> Settings:
-    mon = settings.monitor.model_copy(update={
-        k: v for k, v in {
-            "instance_id": getattr(args, "instance_id", None),
-            "metrics_port": getattr(args, "metrics_port", None),
-        }.items() if v is not None
-    })
-    update: dict[str, Any] = {"monitor": mon}
-    if getattr(args, "catalog", None):
-        update["catalog"] = settings.catalog.model_copy(update={"path": args.catalog})
-    return settings.model_copy(update=update)
-
-
-def main(args: argparse.Namespace) -> int:
-    """Entry point of ``streamcover monitor`` (``consumers/commands/monitor.py``).
-    Returns 0 after SIGTERM/SIGINT, or one of the EXIT_* codes above."""
-    settings = _apply_args(get_settings(), args)
-    try:
-        engine = build_engine(settings)
-    except EncoderMissingError as exc:
-        log.error("monitor_exit", code=EXIT_NO_MODEL, reason=str(exc))
-        return EXIT_NO_MODEL
-    metrics = Metrics()
-    port = serve(metrics, settings.monitor.metrics_host, settings.monitor.metrics_port)
-    log.info("metrics_endpoint", url=f"http://{settings.monitor.metrics_host}:{port}/metrics")
-
-    async def _main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run_monitor(settings, engine, stop, metrics)
-
-    try:
-        asyncio.run(_main())
-    except MonitorExit as exc:
-        log.error("monitor_exit", code=exc.code, reason=exc.message)
-        return exc.code
-    return EXIT_OK

@@ -25,11 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
+from consumers.exit_codes import EXIT_DUPLICATE
 from streamcover.log import get_logger
 
 log = get_logger(__name__)
-
-EXIT_DUPLICATE = 78  # consumers.monitor.EXIT_DUPLICATE (not imported: no aiokafka here)
 
 
 @dataclass

@@ -6,6 +6,8 @@
 group id and transactional-id prefix, so tests never see each other's records.
 Tests that use them are marked ``broker`` automatically.
 
+``started_producer`` opens an aiokafka producer on given settings for one ``async with``.
+
 ``world`` is the monitor tests' shared test world (``tests/helpers/monitor_world.py``): a
 catalog of synthetic works built with the untrained seed-1234 encoder, for the monitor core
 (``tests/monitor/``) and the Kafka services (``tests/consumers/``).
@@ -17,10 +19,11 @@ cannot be fetched the tests that need it fail with the script's reason.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,3 +153,25 @@ def kafka_sasl_settings(kafka_broker: Any, request: pytest.FixtureRequest) -> Ka
     """Like ``kafka_settings`` but through SASL_SSL (SCRAM-SHA-512, the broker's test CA)."""
     settings: KafkaSettings = kafka_broker.client_settings(secure=True, **_unique_names(request))
     return settings
+
+
+@pytest.fixture
+def started_producer() -> Callable[..., contextlib.AbstractAsyncContextManager[Any]]:
+    """``async with started_producer(settings, **overrides) as producer``: an
+    ``AIOKafkaProducer`` with ``consumers.kafka.producer_kwargs(settings, **overrides)``
+    (``transactional_id=...`` for a transactional one), started, and stopped on the way out."""
+
+    @contextlib.asynccontextmanager
+    async def started(settings: KafkaSettings, **overrides: Any) -> AsyncIterator[Any]:
+        from aiokafka import AIOKafkaProducer
+
+        from consumers.kafka import producer_kwargs
+
+        producer = AIOKafkaProducer(**producer_kwargs(settings, **overrides))
+        await producer.start()
+        try:
+            yield producer
+        finally:
+            await producer.stop()
+
+    return started

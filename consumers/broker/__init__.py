@@ -7,6 +7,7 @@ Certificates, the readiness probe and the command line are modules of their own.
 
 from consumers.broker.errors import BrokerError
 from consumers.broker.jars import DEFAULT_KAFKA_VERSION, fetch_jars
-from consumers.broker.process import KafkaBroker, free_port
+from consumers.broker.ports import free_port
+from consumers.broker.process import KafkaBroker
 
 __all__ = ["DEFAULT_KAFKA_VERSION", "BrokerError", "KafkaBroker", "fetch_jars", "free_port"]

@@ -18,12 +18,13 @@ printed output: the PLAIN JAAS entry sits in ``server.properties`` and the SCRAM
 JVM argument file, both written mode 0600, the argument file removed once storage is
 formatted; ``broker run`` names a 0600 file holding the password instead of printing it.
 
-Jars: ``consumers.broker.jars``; certificates: ``consumers.broker.certificates``; readiness
-probe: ``consumers.broker.probe``; the command line ``streamcover broker run|fetch``:
-``consumers.broker.cli``.
-
-Length: one class, the broker's whole lifecycle (properties, format, launch, readiness,
-stop), kept in one module because every step shares its ports, directories and process.
+This module: :class:`KafkaBroker`, the broker's lifecycle (directories, ports, format,
+launch, readiness, stop). What it puts together, one module each: ``server.properties``
+(``consumers.broker.properties``), the JVM's command line and class-data-sharing archive
+(``consumers.broker.jvm``), loopback ports (``consumers.broker.ports``), owner-only files
+(``consumers.broker.private``). Jars: ``consumers.broker.jars``; certificates:
+``consumers.broker.certificates``; readiness probe: ``consumers.broker.probe``; the command
+line ``streamcover broker run|fetch``: ``consumers.broker.cli``.
 """
 
 from __future__ import annotations
@@ -32,19 +33,15 @@ import asyncio
 import atexit
 import base64
 import contextlib
-import hashlib
-import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -53,30 +50,27 @@ from pydantic import SecretStr
 
 from consumers.broker.certificates import make_test_certificates
 from consumers.broker.errors import BrokerError, run_checked
-from consumers.broker.jars import DEFAULT_KAFKA_VERSION, LOG4J2_CONFIG, fetch_jars
+from consumers.broker.jars import DEFAULT_KAFKA_VERSION, fetch_jars
+from consumers.broker.jvm import ClassDataSharing, argfile_line, jvm_command, parent_death_signal
+from consumers.broker.ports import BrokerPorts, free_port, port_open
+from consumers.broker.private import write_private
 from consumers.broker.probe import in_thread, probe_cluster
+from consumers.broker.properties import MESSAGE_MAX_BYTES, SASL_MECHANISMS, server_properties
 from streamcover.config import KafkaSettings
 from streamcover.log import get_logger
 
+# Also imported from here: the port helpers and the properties' constants.
+__all__ = [
+    "MESSAGE_MAX_BYTES",
+    "SASL_MECHANISMS",
+    "BrokerPorts",
+    "KafkaBroker",
+    "free_port",
+    "new_cluster_id",
+    "write_private",
+]
+
 log = get_logger(__name__)
-
-SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
-"""Mechanisms the SASL_SSL listener accepts; SCRAM users are created at format time."""
-
-MESSAGE_MAX_BYTES = 8 * 1024 * 1024
-"""Largest record batch the local broker accepts.
-
-Kafka's default (~1 MiB) is smaller than a maximal audio frame plus its dead-letter envelope;
-``KafkaSettings.max_message_bytes`` matches this on the client side.
-"""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """An unused TCP port on the loopback interface (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def new_cluster_id() -> str:
@@ -89,32 +83,6 @@ def new_cluster_id() -> str:
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         if not cid.startswith("-"):
             return cid
-
-
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
-def _parent_death_signal() -> None:
-    """Ask Linux to SIGTERM the broker if the launching (main) thread dies, e.g. kill -9."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-@dataclass(frozen=True)
-class BrokerPorts:
-    """The three loopback ports of a running broker (``sasl_ssl`` is 0 when disabled)."""
-
-    plaintext: int
-    controller: int
-    sasl_ssl: int = 0
 
 
 class KafkaBroker:
@@ -178,9 +146,7 @@ class KafkaBroker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_fh: Any = None
         self._own_work_dir = False
-        self._cds_args: list[str] = []
-        self._cds_archive: Path | None = None
-        self._cds_dump: Path | None = None
+        self._cds = ClassDataSharing()
 
     # ---------------------------------------------------------------- properties
 
@@ -288,7 +254,7 @@ class KafkaBroker:
                 sasl_ssl=(self._requested_sasl_port or free_port(self.host)) if self.sasl_ssl else 0,
             )
             for name, p in (("port", self.ports.plaintext), ("sasl_ssl_port", self.ports.sasl_ssl)):
-                if p and _port_open(self.host, p):
+                if p and port_open(self.host, p):
                     raise BrokerError(f"{self.host}:{p} ({name}) is already in use")
             if self.sasl_ssl:
                 self.ssl_cafile, keystore = make_test_certificates(self.work_dir / "tls")
@@ -297,7 +263,8 @@ class KafkaBroker:
             props = self.work_dir / "server.properties"
             write_private(props, self._server_properties(keystore))
             classpath = ":".join(str(j) for j in sorted(libs.glob("*.jar")))
-            self._cds_args = self._class_data_sharing(libs)
+            self._cds = (ClassDataSharing.for_jars(self.java, libs) if self.class_data_sharing
+                         else ClassDataSharing())
             t_launch = time.monotonic()
             self._format(classpath, props)
             self._launch(classpath, props)
@@ -328,102 +295,12 @@ class KafkaBroker:
 
     def _server_properties(self, keystore: Path | None) -> str:
         assert self.work_dir is not None and self.ports is not None
-        h, p = self.host, self.ports
-        listeners = [f"PLAINTEXT://{h}:{p.plaintext}", f"CONTROLLER://{h}:{p.controller}"]
-        advertised = [f"PLAINTEXT://{h}:{p.plaintext}"]
-        protocol_map = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
-        props: dict[str, str] = {
-            "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{h}:{p.controller}",
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "log.dirs": str(self.work_dir / "data"),
-            # A single node: every internal topic has exactly one replica.
-            "offsets.topic.replication.factor": "1",
-            "offsets.topic.num.partitions": "5",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "transaction.state.log.num.partitions": "5",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
-            "default.replication.factor": "1",
-            "min.insync.replicas": "1",
-            "num.partitions": "1",
-            "group.initial.rebalance.delay.ms": "0",
-            "auto.create.topics.enable": "true",
-            "message.max.bytes": str(MESSAGE_MAX_BYTES),
-            # Small footprint on a shared 2-core machine with a 512 MiB heap.
-            "num.network.threads": "2",
-            "num.io.threads": "4",
-            "num.recovery.threads.per.data.dir": "1",
-            "log.cleaner.threads": "1",
-            "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
-            "log.cleaner.backoff.ms": "1000",
-        }
-        if keystore is not None:
-            listeners.append(f"SASL_SSL://{h}:{p.sasl_ssl}")
-            advertised.append(f"SASL_SSL://{h}:{p.sasl_ssl}")
-            protocol_map.append("SASL_SSL:SASL_SSL")
-            scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-            props.update(
-                {
-                    "sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
-                    "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": scram,
-                    "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": scram,
-                    "listener.name.sasl_ssl.plain.sasl.jaas.config": (
-                        "org.apache.kafka.common.security.plain.PlainLoginModule required "
-                        f'user_{self.sasl_username}="{self.sasl_password}";'
-                    ),
-                    "ssl.keystore.type": "PEM",
-                    "ssl.keystore.location": str(keystore),
-                    "ssl.client.auth": "none",
-                }
-            )
-        props["listeners"] = ",".join(listeners)
-        props["advertised.listeners"] = ",".join(advertised)
-        props["listener.security.protocol.map"] = ",".join(protocol_map)
-        props.update(self.extra_properties)
-        lines = ["# written by consumers/broker/process.py; one combined KRaft broker+controller"]
-        lines += [f"{k}={v}" for k, v in props.items()]
-        return "\n".join(lines) + "\n"
+        return server_properties(self.host, self.ports, self.work_dir, keystore=keystore,
+                                 sasl_username=self.sasl_username, sasl_password=self.sasl_password,
+                                 extra=self.extra_properties)
 
     def _jvm(self, classpath: str) -> list[str]:
-        cmd = [
-            self.java,
-            f"-Xmx{self.heap}",
-            "-Xss1m",
-            "-XX:+UseSerialGC",  # one small heap on 2 shared cores: fewest GC threads
-            "-XX:+ExitOnOutOfMemoryError",
-            "-Djava.awt.headless=true",
-            f"-Dkafka.logs.dir={self.work_dir}",
-        ]
-        if LOG4J2_CONFIG.is_file():
-            cmd.append(f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}")
-        return [*cmd, *self.jvm_args, "-cp", classpath]
-
-    def _class_data_sharing(self, libs: Path) -> list[str]:
-        """JVM flags for an application class-data-sharing archive of the broker's classes.
-
-        Why: on a busy 2-core machine much of the broker's start is class loading and
-        verification. The first broker run dumps the classes it loaded into a CDS archive
-        (``-XX:ArchiveClassesAtExit``, written when the JVM exits); later runs map it
-        (``-XX:SharedArchiveFile``). The archive is per Java runtime and jar set, cached next
-        to the jars; a stale or foreign archive is ignored by the JVM (``-Xshare:auto``).
-        """
-        if not self.class_data_sharing:
-            return []
-        java = shutil.which(self.java) or self.java
-        names = "\n".join(p.name for p in sorted(libs.glob("*.jar")))
-        key = hashlib.sha256(f"{os.path.realpath(java)}\n{names}".encode()).hexdigest()[:12]
-        self._cds_archive = libs.parent / f"broker-cds-{key}.jsa"
-        if self._cds_archive.is_file():
-            return [f"-XX:SharedArchiveFile={self._cds_archive}", "-Xshare:auto",
-                    "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
-        self._cds_dump = self._cds_archive.with_name(
-            f"{self._cds_archive.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        )
-        return []
+        return jvm_command(self.java, self.heap, self.work_dir, self.jvm_args, classpath)
 
     def format_command(self, classpath: str, props: Path, argfile: Path) -> list[str]:
         """The StorageTool command line; its main class and arguments (with the SCRAM
@@ -435,8 +312,8 @@ class KafkaBroker:
             for mech in ("SCRAM-SHA-512", "SCRAM-SHA-256"):
                 tool += ["--add-scram",
                          f"{mech}=[name={self.sasl_username},password={self.sasl_password}]"]
-        write_private(argfile, "".join(_argfile_line(a) for a in tool))
-        return [*self._jvm(classpath), *self._cds_args, f"@{argfile}"]
+        write_private(argfile, "".join(argfile_line(a) for a in tool))
+        return [*self._jvm(classpath), *self._cds.args, f"@{argfile}"]
 
     def password_file(self) -> Path:
         """A file (mode 0600, in the work directory) holding the SASL password."""
@@ -457,15 +334,14 @@ class KafkaBroker:
         assert self.work_dir is not None
         self._log_fh = self.log_path.open("ab")
         on_main = threading.current_thread() is threading.main_thread()
-        dump = [f"-XX:ArchiveClassesAtExit={self._cds_dump}"] if self._cds_dump else []
         self._proc = subprocess.Popen(
-            [*self._jvm(classpath), *self._cds_args, *dump, "kafka.Kafka", str(props)],
+            [*self._jvm(classpath), *self._cds.args, *self._cds.dump_args(), "kafka.Kafka", str(props)],
             stdin=subprocess.DEVNULL,
             stdout=self._log_fh,
             stderr=subprocess.STDOUT,
             cwd=self.work_dir,
             start_new_session=True,  # our SIGTERM, not the terminal's Ctrl-C, stops it
-            preexec_fn=_parent_death_signal if on_main else None,
+            preexec_fn=parent_death_signal if on_main else None,
         )
 
     def _wait_ready(self) -> None:
@@ -481,7 +357,7 @@ class KafkaBroker:
                     f"Kafka broker exited with status {code} during startup; "
                     f"log tail ({self.log_path}):\n{self.log_tail()}"
                 )
-            if _port_open(self.host, self.ports.plaintext):
+            if port_open(self.host, self.ports.plaintext):
                 try:
                     info = in_thread(lambda: probe_cluster(settings, timeout_s=5.0))
                 except Exception as exc:  # not ready yet: retried until the deadline
@@ -518,13 +394,7 @@ class KafkaBroker:
                     proc.wait(timeout=30)
             code = proc.returncode
             self._proc = None
-        if self._cds_dump is not None:
-            # Keep the archive only from a complete dump (the JVM writes it at exit).
-            if self._cds_dump.is_file() and self._cds_dump.stat().st_size > 0 and code in (0, 143):
-                assert self._cds_archive is not None
-                os.replace(self._cds_dump, self._cds_archive)
-            self._cds_dump.unlink(missing_ok=True)
-            self._cds_dump = None
+        self._cds.finish(code)  # keeps the class-data archive only from a complete dump
         if self._log_fh is not None:
             self._log_fh.close()
             self._log_fh = None
@@ -534,17 +404,3 @@ class KafkaBroker:
             atexit.unregister(self.stop)
         return code
 
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only (0600 from creation on)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
-def _argfile_line(arg: str) -> str:
-    """One argument of a java launcher @-file, quoted (backslash escapes inside quotes)."""
-    if "\n" in arg or "\r" in arg:
-        raise BrokerError("a broker argument may not contain a line break")
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"\n'

@@ -43,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
         from consumers.workers import main as workers_main
 
         return int(workers_main(args) or 0)
-    from consumers.monitor import main
+    from consumers.monitor_main import main
 
     return int(main(args) or 0)
 

@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,15 @@ from consumers.kafka import (
     admin_kwargs,
     consumer_kwargs,
     ensure_topics,
-    producer_kwargs,
     standard_topics,
     topic_config,
 )
 from streamcover.config import PROJECT_ROOT, KafkaSettings
 
 TIMEOUT_S = 60.0
+
+StartedProducer = Callable[..., AbstractAsyncContextManager[AIOKafkaProducer]]
+"""The ``started_producer`` fixture (tests/conftest.py)."""
 
 
 async def drain(
@@ -97,14 +100,14 @@ async def test_broker_is_real_kafka_4_on_loopback(kafka_broker: KafkaBroker) -> 
     assert "Kafka Server started" in log
 
 
-async def test_round_trip_keys_headers_and_partitioning(kafka_settings: KafkaSettings) -> None:
+async def test_round_trip_keys_headers_and_partitioning(
+    kafka_settings: KafkaSettings, started_producer: StartedProducer
+) -> None:
     topic = kafka_settings.audio_topic
     assert await ensure_topics(kafka_settings, {topic: 3}) == [topic]
-    producer = AIOKafkaProducer(**producer_kwargs(kafka_settings))
-    await producer.start()
     sent: dict[bytes, list[bytes]] = {}
     partition_of: dict[bytes, set[int]] = {}
-    try:
+    async with started_producer(kafka_settings) as producer:
         for i in range(60):
             key = f"stream-{i % 5}".encode()
             value = f"frame-{i}".encode()
@@ -113,8 +116,6 @@ async def test_round_trip_keys_headers_and_partitioning(kafka_settings: KafkaSet
             )
             sent.setdefault(key, []).append(value)
             partition_of.setdefault(key, set()).add(meta.partition)
-    finally:
-        await producer.stop()
     # A key always lands on one partition (a stream stays on one partition).
     assert all(len(p) == 1 for p in partition_of.values())
     assert len({next(iter(p)) for p in partition_of.values()}) > 1, "all keys on one partition"
@@ -148,30 +149,25 @@ async def test_round_trip_keys_headers_and_partitioning(kafka_settings: KafkaSet
     assert sum(meta.offset for meta in committed.values()) == 60
 
 
-async def test_large_record_round_trip(kafka_settings: KafkaSettings) -> None:
+async def test_large_record_round_trip(
+    kafka_settings: KafkaSettings, started_producer: StartedProducer
+) -> None:
     """Records above Kafka's 1 MiB default pass (frames up to 1 MiB plus DLQ envelope)."""
     topic = kafka_settings.dead_letter_topic
     await ensure_topics(kafka_settings, {topic: standard_topics(kafka_settings)[topic]})
     payload = os.urandom(3 * 1024 * 1024)
-    producer = AIOKafkaProducer(**producer_kwargs(kafka_settings))
-    await producer.start()
-    try:
+    async with started_producer(kafka_settings) as producer:
         await producer.send_and_wait(topic, payload, key=b"big")
-    finally:
-        await producer.stop()
     assert values(await drain(kafka_settings, topic)) == [payload]
 
 
-async def test_transactions_commit_visible_abort_hidden(kafka_settings: KafkaSettings) -> None:
+async def test_transactions_commit_visible_abort_hidden(
+    kafka_settings: KafkaSettings, started_producer: StartedProducer
+) -> None:
     topic = kafka_settings.match_topic
     await ensure_topics(kafka_settings, {topic: 2})
-    producer = AIOKafkaProducer(
-        **producer_kwargs(
-            kafka_settings, transactional_id=f"{kafka_settings.transactional_id_prefix}-0"
-        )
-    )
-    await producer.start()
-    try:
+    txn_id = f"{kafka_settings.transactional_id_prefix}-0"
+    async with started_producer(kafka_settings, transactional_id=txn_id) as producer:
         async with producer.transaction():
             for i in range(5):
                 await producer.send(topic, f"committed-{i}".encode(), key=f"k{i}".encode())
@@ -183,8 +179,6 @@ async def test_transactions_commit_visible_abort_hidden(kafka_settings: KafkaSet
         async with producer.transaction():
             for i in range(5, 8):
                 await producer.send(topic, f"committed-{i}".encode(), key=f"k{i}".encode())
-    finally:
-        await producer.stop()
 
     committed = sorted(values(await drain(kafka_settings, topic)))
     assert committed == sorted(f"committed-{i}".encode() for i in range(8))
@@ -196,16 +190,13 @@ async def test_transactions_commit_visible_abort_hidden(kafka_settings: KafkaSet
     )
 
 
-async def test_open_transaction_is_invisible_until_commit(kafka_settings: KafkaSettings) -> None:
+async def test_open_transaction_is_invisible_until_commit(
+    kafka_settings: KafkaSettings, started_producer: StartedProducer
+) -> None:
     topic = kafka_settings.match_topic
     await ensure_topics(kafka_settings, {topic: 1})
-    producer = AIOKafkaProducer(
-        **producer_kwargs(
-            kafka_settings, transactional_id=f"{kafka_settings.transactional_id_prefix}-open"
-        )
-    )
-    await producer.start()
-    try:
+    txn_id = f"{kafka_settings.transactional_id_prefix}-open"
+    async with started_producer(kafka_settings, transactional_id=txn_id) as producer:
         await producer.begin_transaction()
         await producer.send(topic, b"pending", key=b"k")
         await producer.flush()
@@ -214,8 +205,6 @@ async def test_open_transaction_is_invisible_until_commit(kafka_settings: KafkaS
             b"pending"
         ]
         await producer.commit_transaction()
-    finally:
-        await producer.stop()
     assert values(await drain(kafka_settings, topic)) == [b"pending"]
 
 
@@ -274,25 +263,17 @@ async def _committed(settings: KafkaSettings, tp: TopicPartition, expect: int | 
 
 
 async def test_consume_transform_produce_commits_input_offsets_atomically(
-    kafka_settings: KafkaSettings,
+    kafka_settings: KafkaSettings, started_producer: StartedProducer
 ) -> None:
     s = kafka_settings
     await ensure_topics(s, {s.audio_topic: 1, s.match_topic: 1})
     tp = TopicPartition(s.audio_topic, 0)
-    plain = AIOKafkaProducer(**producer_kwargs(s))
-    await plain.start()
-    try:
+    async with started_producer(s) as plain:
         for i in range(10):
             await plain.send(s.audio_topic, f"in-{i}".encode(), key=b"stream")
         await plain.flush()
-    finally:
-        await plain.stop()
 
-    producer = AIOKafkaProducer(
-        **producer_kwargs(s, transactional_id=f"{s.transactional_id_prefix}-p0")
-    )
-    await producer.start()
-    try:
+    async with started_producer(s, transactional_id=f"{s.transactional_id_prefix}-p0") as producer:
         consumer = AIOKafkaConsumer(**consumer_kwargs(s))
         await consumer.start()
         try:
@@ -320,8 +301,6 @@ async def test_consume_transform_produce_commits_input_offsets_atomically(
             assert await _committed(s, tp, expect=10) == 10
         finally:
             await consumer.stop()
-    finally:
-        await producer.stop()
 
     outputs = values(await drain(s, s.match_topic))
     assert outputs == [f"IN-{i}".encode() for i in range(10)]  # each exactly once, in order

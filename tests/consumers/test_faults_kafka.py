@@ -17,6 +17,8 @@ import signal
 import subprocess
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -204,62 +206,85 @@ def _finish(proc: subprocess.Popen[bytes]) -> int | None:
     return proc.returncode
 
 
-@pytest.mark.slow
-async def test_kill9_with_an_open_transaction(world: World, kafka_broker: Any, engine: Engine,
-                                              want: list[MatchEvent], tmp_path: Path) -> None:
-    settings, streams, log = scenario(world, kafka_broker, "kill", tmp_path)
-    proc = spawn_monitor(fault_env(world, settings), "0", log)
+@dataclass
+class Caught:
+    """A monitor subprocess caught (SIGSTOP) inside a transaction while its streams are sent."""
+
+    settings: Settings
+    streams: dict[str, Any]
+    log: Path
+    proc: subprocess.Popen[bytes]
+    sending: Any  # the task still sending the streams
+    first: list[MatchEvent]  # the first events, seen before the stop
+    probe: TxnProbe
+    open_partitions: list[int]  # state partitions with the transaction left open
+    exit_code: int | None = None  # the subprocess's, once it is finished on the way out
+
+
+@contextlib.asynccontextmanager
+async def caught_inside_transaction(world: World, broker: Any, tag: str, instance: str,
+                                    tmp_path: Path) -> AsyncIterator[Caught]:
+    """Start monitor ``instance`` as a subprocess, stream to it and stop it inside a
+    transaction; on the way out it is finished (SIGCONT, SIGTERM) and its status recorded."""
+    settings, streams, log = scenario(world, broker, tag, tmp_path)
+    proc = spawn_monitor(fault_env(world, settings), instance, log)
+    caught: Caught | None = None
     try:
         sending, first = await streaming(settings, streams, log, proc)
         async with TxnProbe(settings) as probe:
-            open_at_kill = await stop_inside_transaction(proc, probe)
-            os.kill(proc.pid, signal.SIGKILL)  # killed while stopped: the transaction stays open
-            proc.wait(30)
-            assert await probe.open_partitions() == open_at_kill
-            assert not finals_for(list(streams))(first), "the kill came too late to test anything"
-            # The same instance id again: the dead member is waited out, not refused.
-            async with running_monitor(settings, engine) as mon:
-                await sending
-                got = await read_topic(settings, settings.kafka.match_topic, finals_for(list(streams)), 240)
-                assert await closed_soon(probe, open_at_kill)  # the new owner aborted it
-        assert mon.fatal is None and mon.metrics.restored._value.get() > 0
+            open_now = await stop_inside_transaction(proc, probe)
+            caught = Caught(settings, streams, log, proc, sending, first, probe, open_now)
+            yield caught
     finally:
-        _finish(proc)
-    assert open_at_kill
-    print(f"SCENARIO kill9: open transactions on state partitions {open_at_kill} at the kill")
+        code = _finish(proc)
+        if caught is not None:
+            caught.exit_code = code
+
+
+@pytest.mark.slow
+async def test_kill9_with_an_open_transaction(world: World, kafka_broker: Any, engine: Engine,
+                                              want: list[MatchEvent], tmp_path: Path) -> None:
+    async with caught_inside_transaction(world, kafka_broker, "kill", "0", tmp_path) as killed:
+        os.kill(killed.proc.pid, signal.SIGKILL)  # killed while stopped: the transaction stays open
+        killed.proc.wait(30)
+        assert await killed.probe.open_partitions() == killed.open_partitions
+        finals = finals_for(list(killed.streams))
+        assert not finals(killed.first), "the kill came too late to test anything"
+        # The same instance id again: the dead member is waited out, not refused.
+        async with running_monitor(killed.settings, engine) as mon:
+            await killed.sending
+            got = await read_topic(killed.settings, killed.settings.kafka.match_topic, finals, 240)
+            assert await closed_soon(killed.probe, killed.open_partitions)  # the new owner aborted it
+    assert mon.fatal is None and mon.metrics.restored._value.get() > 0
+    assert killed.open_partitions
+    print(f"SCENARIO kill9: open transactions on state partitions {killed.open_partitions} at the kill")
     assert_exactly_once(got, want, "kill9")
 
 
 @pytest.mark.slow
 async def test_paused_monitor_is_fenced(world: World, kafka_broker: Any, engine: Engine,
                                         want: list[MatchEvent], tmp_path: Path) -> None:
-    settings, streams, log = scenario(world, kafka_broker, "pause", tmp_path)
-    zombie = spawn_monitor(fault_env(world, settings), "a", log)
-    try:
-        sending, _ = await streaming(settings, streams, log, zombie)
-        async with TxnProbe(settings) as probe:
-            open_at_stop = await stop_inside_transaction(zombie, probe)
-            # Another instance joins; past the session timeout it takes every partition, and
-            # its new producers abort the zombie's open transaction.
-            async with running_monitor(with_instance(settings, "b"), engine) as other:
-                for _ in range(120):
-                    if other.assigned == {0, 1, 2}:
-                        break
-                    await asyncio.sleep(0.5)
-                assert other.assigned == {0, 1, 2}
-                assert await closed_soon(probe, open_at_stop)
-                zombie_log_before = log.read_text(errors="replace")
-                os.kill(zombie.pid, signal.SIGCONT)
-                await wait_for_log(log, "partition_fenced", 60, zombie)
-                await sending
-                got = await read_topic(settings, settings.kafka.match_topic, finals_for(list(streams)), 240)
-            assert other.fenced == 0 and other.fatal is None
-    finally:
-        code = _finish(zombie)
-    assert code == 0, log.read_text()[-3000:]
+    async with caught_inside_transaction(world, kafka_broker, "pause", "a", tmp_path) as zombie:
+        # Another instance joins; past the session timeout it takes every partition, and
+        # its new producers abort the zombie's open transaction.
+        async with running_monitor(with_instance(zombie.settings, "b"), engine) as other:
+            for _ in range(120):
+                if other.assigned == {0, 1, 2}:
+                    break
+                await asyncio.sleep(0.5)
+            assert other.assigned == {0, 1, 2}
+            assert await closed_soon(zombie.probe, zombie.open_partitions)
+            zombie_log_before = zombie.log.read_text(errors="replace")
+            os.kill(zombie.proc.pid, signal.SIGCONT)
+            await wait_for_log(zombie.log, "partition_fenced", 60, zombie.proc)
+            await zombie.sending
+            got = await read_topic(zombie.settings, zombie.settings.kafka.match_topic,
+                                   finals_for(list(zombie.streams)), 240)
+        assert other.fenced == 0 and other.fatal is None
+    assert zombie.exit_code == 0, zombie.log.read_text()[-3000:]
     assert "partition_fenced" not in zombie_log_before
-    fenced = log.read_text(errors="replace").count('"partition_fenced"')
-    print(f"SCENARIO paused: open at SIGSTOP {open_at_stop}, zombie fenced on {fenced} partition(s)")
+    fenced = zombie.log.read_text(errors="replace").count('"partition_fenced"')
+    print(f"SCENARIO paused: open at SIGSTOP {zombie.open_partitions}, zombie fenced on {fenced} partition(s)")
     assert_exactly_once(got, want, "paused")
 
 

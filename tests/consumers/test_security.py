@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -22,16 +24,16 @@ from consumers.broker.certificates import make_test_certificates
 from consumers.kafka import consumer_kwargs, ensure_topics, producer_kwargs, ssl_context
 from streamcover.config import KafkaSettings
 
+StartedProducer = Callable[..., AbstractAsyncContextManager[AIOKafkaProducer]]
+"""The ``started_producer`` fixture (tests/conftest.py)."""
 
-async def _round_trip(settings: KafkaSettings, payload: bytes) -> bytes:
+
+async def _round_trip(started_producer: StartedProducer, settings: KafkaSettings,
+                      payload: bytes) -> bytes:
     topic = settings.audio_topic
     await ensure_topics(settings, {topic: 1})
-    producer = AIOKafkaProducer(**producer_kwargs(settings))
-    await producer.start()
-    try:
+    async with started_producer(settings) as producer:
         await producer.send_and_wait(topic, payload, key=b"secure-stream")
-    finally:
-        await producer.stop()
     consumer = AIOKafkaConsumer(topic, **consumer_kwargs(settings))
     await consumer.start()
     try:
@@ -48,7 +50,7 @@ async def _round_trip(settings: KafkaSettings, payload: bytes) -> bytes:
 
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"])
 async def test_sasl_ssl_round_trip(
-    kafka_sasl_settings: KafkaSettings, mechanism: str
+    kafka_sasl_settings: KafkaSettings, mechanism: str, started_producer: StartedProducer
 ) -> None:
     settings = kafka_sasl_settings.model_copy(update={"sasl_mechanism": mechanism})
     assert settings.security_protocol == "SASL_SSL"
@@ -57,11 +59,12 @@ async def test_sasl_ssl_round_trip(
     assert isinstance(kwargs["ssl_context"], ssl.SSLContext)
     assert kwargs["sasl_mechanism"] == mechanism
     payload = f"secured via {mechanism}".encode()
-    assert await _round_trip(settings, payload) == payload
+    assert await _round_trip(started_producer, settings, payload) == payload
 
 
 async def test_sasl_ssl_settings_from_environment(
-    kafka_sasl_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+    kafka_sasl_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch,
+    started_producer: StartedProducer,
 ) -> None:
     """The STREAMCOVER_KAFKA__* variables (docker-compose, ops) configure the same thing."""
     from streamcover.config import Settings
@@ -82,7 +85,7 @@ async def test_sasl_ssl_settings_from_environment(
         monkeypatch.setenv(k, v)
     settings = Settings(_env_file=None).kafka
     assert settings.security_protocol == "SASL_SSL"
-    assert await _round_trip(settings, b"from env") == b"from env"
+    assert await _round_trip(started_producer, settings, b"from env") == b"from env"
 
 
 async def _expect_connect_failure(
@@ -196,7 +199,9 @@ def test_broker_run_prints_a_password_file_not_the_password(kafka_broker: KafkaB
 
 
 @pytest.mark.slow
-def test_storage_format_never_shows_the_password_to_ps(tmp_path: Path) -> None:
+def test_storage_format_never_shows_the_password_to_ps(
+    tmp_path: Path, started_producer: StartedProducer
+) -> None:
     """Watch every process's command line while a SASL broker formats and starts."""
     import threading
 
@@ -219,7 +224,7 @@ def test_storage_format_never_shows_the_password_to_ps(tmp_path: Path) -> None:
     try:
         with KafkaBroker(sasl_ssl=True, sasl_password=secret, data_dir=tmp_path / "b") as broker:
             settings = broker.client_settings(secure=True, audio_topic="t.secret")
-            assert asyncio.run(_round_trip(settings, b"x")) == b"x"  # the SCRAM user exists
+            assert asyncio.run(_round_trip(started_producer, settings, b"x")) == b"x"  # the SCRAM user exists
             assert _mode(tmp_path / "b" / "server.properties") == 0o600
             assert secret.encode() not in broker.log_path.read_bytes()
     finally:
