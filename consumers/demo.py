@@ -157,12 +157,29 @@ async def _demo(args: argparse.Namespace) -> int:
         live = [e for e in events if e.stream_id == "live-set" and e.kind == "setlist"]
         if live:
             print_setlist(live[-1], console)
-        ok = any(e.kind == "match" and e.stream_id == "upload-cover" for e in events)
-        console.print(("[green]done[/]" if ok else "[red]the cover was not recognised[/]")
+        problems = _check(events, live)
+        for p in problems:
+            console.print(f"[red]{p}[/]")
+        console.print(("[green]done[/]" if not problems else "[red]demo failed[/]")
                       + f" in {time.monotonic() - t0:.0f} s")
-        return 0 if ok else 1
+        return 0 if not problems else 1
     finally:
         await asyncio.to_thread(broker.stop)
+
+
+def _check(events: list[MatchEvent], setlists: list[MatchEvent]) -> list[str]:
+    """What the demo promises: the cover found as its work, silence on the unrelated upload,
+    and the live set's three works in order."""
+    problems = []
+    cover = [e.reference_id for e in events if e.kind == "match" and e.stream_id == "upload-cover"]
+    if cover[:1] != ["work-1"]:
+        problems.append(f"the cover was not recognised as work-1 (matches: {cover})")
+    if any(e.kind == "match" and e.stream_id == "upload-unrelated" for e in events):
+        problems.append("the unrelated upload was matched")
+    played = [item.reference_id for item in setlists[-1].setlist] if setlists else []
+    if played != ["work-3", "work-0", "work-2"]:
+        problems.append(f"the live set list is {played}, not work-3, work-0, work-2")
+    return problems
 
 
 async def _send_paced(settings: Settings, sid: str, wave: np.ndarray, source: Any, speed: float | None,
