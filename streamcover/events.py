@@ -1,5 +1,8 @@
 """The one wire-format module: versioned msgpack schemas for everything on Kafka.
 
+One file on purpose (the team's rule: one wire-format module), which is why it runs past
+~450 lines: every record type a producer or consumer may see is defined and validated here.
+
 Every record is a msgpack map with a ``v`` (schema version) and a ``type`` field.
 Both producers and consumers validate through the models below, so a record
 that decodes here is safe to use, and one that does not raises :class:`WireError`

@@ -1,5 +1,7 @@
 """Catalog benchmark: build time, bytes per chunk, query latency and two-stage recall.
 
+One script (a benchmark, run by hand, never imported), so its measurements stay side by side.
+
 Synthetic but structured embeddings (``streamcover.catalog.synthetic``): works are
 random walks on the 512-d sphere clustered by genre, each catalogued in 2 noisy
 versions of 8-40 chunks; queries are unseen versions, 5 consecutive chunks

@@ -1,5 +1,8 @@
 """The prepared GPU check: encoder, front end and monitor capacity on a borrowed machine.
 
+One self-contained script on purpose: it is copied to a borrowed machine and must run in one
+short call with nothing but the project's set-up, so its parts are not spread over modules.
+
 Run through ``ops/bench/gpu-check.sh`` (which runs ``ops/setup.sh`` first), or directly::
 
     .venv/bin/python ops/bench/gpu_check.py --device cuda            # the full check, <= ~7 min
