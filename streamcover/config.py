@@ -228,12 +228,12 @@ class MatchSettings(BaseModel):
     # calibrate` (models/streamcover-hpcp-compact.calibration.json, docs/monitor.md
     # "Calibration"): no false alarm in 7.0 h of unrelated Debian music at these points. A
     # query of one chunk (an upload's first window, or a clip shorter than a window) is
-    # judged against one_chunk_threshold: its best wrong score runs far higher (0.955
-    # against 0.447 from two chunks on), since one chunk meets every reference chunk.
-    threshold: float = Field(0.45, ge=-1, le=1)
-    one_chunk_threshold: float = Field(0.96, ge=-1, le=1)
+    # judged against one_chunk_threshold: its best wrong score runs far higher (0.946,
+    # against below 0.425 from two chunks on), since one chunk meets every reference chunk.
+    threshold: float = Field(0.425, ge=-1, le=1)
+    one_chunk_threshold: float = Field(0.95, ge=-1, le=1)
     # Hysteresis: an open match is closed only when the score drops below this.
-    release_threshold: float = Field(0.36, ge=-1, le=1)
+    release_threshold: float = Field(0.34, ge=-1, le=1)
     # Live set lists work on chunk similarities (MaxMean's cosine scale), not on the fused
     # stage-3 score: a segment opens when the MaxMean of its newest agreeing chunks reaches
     # live_threshold; a chunk agrees with a reference when its similarity reaches
