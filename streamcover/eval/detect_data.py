@@ -53,7 +53,8 @@ POSITIVE_PACKAGES: tuple[PackageSpec, ...] = (
     PackageSpec("extremetuxracer-data", "usr/share/games/etr/music"),
     PackageSpec("lincity-ng-data", "usr/share/games/lincity-ng/music"),
     PackageSpec("frozen-bubble-data", "usr/share/games/frozen-bubble/snd"),
-    PackageSpec("ardentryst", "usr/share/games/ardentryst/Music"),
+    # theme1_raw is theme1 unmastered (MaxMean 0.92 between them): one recording per work.
+    PackageSpec("ardentryst", "usr/share/games/ardentryst/Music", r"_raw$"),
 )
 # Never catalogued: unrelated music.
 NEGATIVE_PACKAGES: tuple[PackageSpec, ...] = (

@@ -216,3 +216,33 @@ def test_protocol_on_a_tiny_real_catalog(recordings: list, tmp_path: Path) -> No
     replayed = [(d.kind, d.reference_id) for d in replay_events(rp, settings.match, settings.audio)]
     assert [(k, r) for k, r, _ in rp.events if k == "match"] == [x for x in replayed if x[0] == "match"]
     assert StreamResult.from_json(rp.to_json()).top == [[(r, round(s, 5)) for r, s in t] for t in rp.top]
+
+
+def test_negatives_include_short_uploads(recordings: list, tmp_path: Path) -> None:
+    """Each unrelated recording is streamed whole and as 10, 30 and 60 s uploads from random
+    starts (``--draws`` each), made from its own audio, reproducibly."""
+    import argparse
+
+    from streamcover.commands.calibrate import Data, FeatureCache, _progress, make_streams
+    from streamcover.model.inference import Encoder
+
+    settings = get_settings()
+    enc = Encoder.from_checkpoint(PROJECT_ROOT / "models" / "streamcover-hpcp-compact.pt", device="cpu")
+    neg = recordings[2]
+    assert neg.duration_s > 61
+    data = Data(positives=[], negatives=[neg], covers=[], licences={})
+    args = argparse.Namespace(seed=7, draws=2, max_covers=None)
+
+    def streams(root: Path) -> list:
+        with _progress(True) as bar:
+            return list(make_streams(args, enc, settings, data, FeatureCache(root, "k"), bar))
+
+    got = streams(tmp_path / "a")
+    assert [s.length for s in got] == ["full", "10", "10", "30", "30", "60", "60"]
+    assert {s.kind for s in got} == {"negative"} and all(s.true_ref is None for s in got)
+    fps = float(enc.frontend.frames_per_second)
+    for s in got[1:]:
+        assert abs(s.features.shape[1] - int(s.length) * fps) <= 1
+    again = streams(tmp_path / "b")  # a fresh cache: the same draws, decoded again
+    assert all(np.array_equal(a.features, b.features) for a, b in zip(got, again, strict=True))
+    assert not np.array_equal(got[1].features, got[2].features)

@@ -107,7 +107,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     encoder = cli_encoder(model_path)
     cache_root = args.cache or default_cache_dir() / "calibration"
     # Recorded hits depend on everything that scores a window: key the default file on it.
-    scoring = digest(encoder.model_id, settings.catalog.reference_hop_seconds,
+    scoring = digest(RECIPE, "negative-clips", settings.frontend.model_dump(), encoder.model_id,
+                     settings.catalog.reference_hop_seconds,
                      settings.verify.model_dump(), DEFAULT_PARAMS.as_dict(), settings.audio.hop_seconds,
                      settings.audio.window_seconds, settings.catalog.score_rule)
     records = args.records or cache_root / f"records-{encoder.model_id}-{scoring}.json.gz"

@@ -55,6 +55,23 @@ class _ReuploadFeatures:
 
 
 @dataclasses.dataclass
+class _NegativeClipFeatures:
+    """A short upload of unrelated music: ``length`` s from ``start`` of the wire-rate audio."""
+
+    source: _LazyAudio
+    start: float
+    length: float
+    frontend: Any
+
+    def __call__(self) -> np.ndarray:
+        from streamcover.eval.detect_data import monitor_features
+
+        rate = self.source.rate
+        a = round(self.start * rate)
+        return monitor_features(self.source.wave()[a : a + round(self.length * rate)], rate, self.frontend)
+
+
+@dataclasses.dataclass
 class _NegativeFeatures:
     path: Path
     wire: int
@@ -98,9 +115,21 @@ def make_streams(args: argparse.Namespace, encoder: Encoder, settings: Settings,
             yield QueryStream(f"{qid}#60", "cover", c.name, "60", ref, cut, c.frames_per_second)
             yield QueryStream(f"{qid}#full", "cover", c.name, "full", ref, feat, c.frames_per_second)
             progress.advance(task)
-    # Unrelated music: whole recordings of other packages, through the wire-rate path.
+    # Unrelated music: whole recordings of other packages, through the wire-rate path, and
+    # short uploads of them (10, 30 and 60 s from a random start, as the re-uploads), since a
+    # short clip is one short chunk and scores by chance differently from a long stream.
     task = progress.add_task("negatives", total=len(data.negatives), note="")
     for r in data.negatives:
         feat = cache.get(["negative", r.sha256, wire], _NegativeFeatures(r.path, wire, fe))
         yield QueryStream(f"{r.ref_id}#full", "negative", r.package, "full", None, feat, fps)
+        rng = _rng(args.seed, "negative:" + r.sha256)
+        source = _LazyAudio(r.path, wire)
+        for i, clip_s in enumerate(L for L in (10.0, 30.0, 60.0) for _ in range(args.draws)):
+            if r.duration_s < clip_s + 1.0:
+                continue
+            start = float(rng.uniform(0.0, r.duration_s - clip_s))
+            clip = cache.get(["negative-clip", r.sha256, round(start, 3), clip_s, wire],
+                             _NegativeClipFeatures(source, start, clip_s, fe))
+            yield QueryStream(f"{r.ref_id}#{int(clip_s)}-{i}", "negative", r.package, str(int(clip_s)),
+                              None, clip, fps)
         progress.advance(task)
