@@ -3,7 +3,7 @@ slower, with the HPCP tuning fold on and off, and what query-side tempo probing 
 
     .venv/bin/python ops/bench/speed_sweep.py [--recordings 16] [--excerpt 60]
         [--speeds 0.90,0.94,0.97,1.0,1.03,1.06,1.10] [--tempos 0.85,0.92,1.08,1.15]
-        [--probes 0.94,1.0,1.06] [--negatives 16]
+        [--phases 1,2] [--probes 0.94,1.0,1.06] [--negatives 16]
 
 Real recordings of the calibration's positive Debian packages (streamcover.eval.detect_data)
 are the references, embedded on the catalog's reference grid (``catalog.reference_hop_seconds``)
@@ -12,10 +12,11 @@ with the shipped model. Each query is an excerpt from a random start, played at 
 (phase vocoder); no noise or re-encoding, so only the speed acts. The score is MaxMean over the
 query's chunks (query hop ``audio.hop_seconds``) against its own reference. Columns:
 
-  recipe     the shared data set's HPCP alone (``hpcp_tuning_phases = 1``)
-  fold       the tuning fold (``hpcp_tuning_phases = 2``, the default), references folded too
-  fold+probe the fold, and the best MaxMean over copies of the query's features resampled
-             in time by the ``--probes`` factors (a lever under study, not in the monitor)
+  phases=1   the shared data set's HPCP alone (``hpcp_tuning_phases = 1``)
+  phases=n   the tuning fold over n phases (2 is the default), references folded alike
+  +probe     the last phases column, and the best MaxMean over copies of the query's
+             features resampled in time by the ``--probes`` factors (a lever measured and
+             not adopted: it lifts impostors as much as copies; ``--probes ''`` skips it)
 
 ``--negatives`` excerpts of the negative packages give the impostor side: their best MaxMean
 against every reference, with and without probing (probing raises impostor scores too).
@@ -83,6 +84,7 @@ def main() -> None:
     ap.add_argument("--excerpt", type=float, default=60.0)
     ap.add_argument("--speeds", type=_floats, default=_floats("0.90,0.94,0.97,0.985,1.0,1.015,1.03,1.06,1.10"))
     ap.add_argument("--tempos", type=_floats, default=_floats("0.85,0.92,1.08,1.15"))
+    ap.add_argument("--phases", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2])
     ap.add_argument("--probes", type=_floats, default=_floats("0.94,1.0,1.06"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -92,8 +94,10 @@ def main() -> None:
     encoder, _ = load_encoder(settings)
     a = settings.audio
     ref_hop = settings.catalog.reference_hop_seconds
-    fronts = {"recipe": HPCPFrontEnd(HPCPParams()), "fold": HPCPFrontEnd(HPCPParams(tuning_phases=2))}
-    fps = fronts["recipe"].frames_per_second
+    fronts = {f"phases={k}": HPCPFrontEnd(HPCPParams(tuning_phases=k)) for k in args.phases}
+    last = f"phases={args.phases[-1]}"
+    probes = [p for p in args.probes if p != 1.0]
+    fps = fronts[last].frames_per_second
     rng = np.random.default_rng(args.seed)
 
     def embed(feat: np.ndarray, hop: float) -> np.ndarray:
@@ -109,9 +113,9 @@ def main() -> None:
     positives = pick(POSITIVE_PACKAGES, args.recordings)
     negatives = pick(NEGATIVE_PACKAGES, args.negatives)
     conditions = [("speed", s) for s in args.speeds] + [("tempo", t) for t in args.tempos]
-    cols = ["recipe", "fold", "fold+probe"]
+    cols = [*fronts, *(["+probe"] if probes else [])]
     scores: dict[tuple[str, float], dict[str, list[float]]] = {c: {k: [] for k in cols} for c in conditions}
-    refs: dict[str, list[np.ndarray]] = {"recipe": [], "fold": []}
+    refs: dict[str, list[np.ndarray]] = {name: [] for name in fronts}
     sr = 44_100
     with progress_bar(False) as bar:
         task = bar.add_task("positives", total=len(positives))
@@ -127,31 +131,31 @@ def main() -> None:
                     feat = fe.features(q)
                     sims = embed(feat, a.hop_seconds) @ refs[name][-1].T
                     scores[(kind, factor)][name].append(float(sims.max(1).mean()))
-                    if name == "fold":
+                    if name == last and probes:
                         # Probing: the best MaxMean over time-resampled copies of the query.
                         mm = [float(sims.max(1).mean())]
-                        for p in args.probes:
-                            if p != 1.0:
-                                s2 = embed(resample_time(feat, p), a.hop_seconds) @ refs[name][-1].T
-                                mm.append(float(s2.max(1).mean()))
-                        scores[(kind, factor)]["fold+probe"].append(max(mm))
+                        for p in probes:
+                            s2 = embed(resample_time(feat, p), a.hop_seconds) @ refs[name][-1].T
+                            mm.append(float(s2.max(1).mean()))
+                        scores[(kind, factor)]["+probe"].append(max(mm))
             bar.advance(task)
-        impostor: dict[str, list[float]] = {"fold": [], "fold+probe": []}
+        impostor: dict[str, list[float]] = {last: [], **({"+probe": []} if probes else {})}
         task = bar.add_task("negatives", total=len(negatives))
-        allrefs = np.concatenate(refs["fold"])
-        owner = np.concatenate([np.full(len(r), i) for i, r in enumerate(refs["fold"])])
+        allrefs = np.concatenate(refs[last])
+        owner = np.concatenate([np.full(len(r), i) for i, r in enumerate(refs[last])])
         for rec in negatives:
             wave = load_audio(rec.path, sr)
             start = rng.uniform(0, len(wave) / sr - args.excerpt - 1)
             seg = wave[int(start * sr): int((start + args.excerpt) * sr)]
-            feat = fronts["fold"].features(seg)
+            feat = fronts[last].features(seg)
             per_probe = []
-            for p in [1.0, *[x for x in args.probes if x != 1.0]]:
+            for p in [1.0, *probes]:
                 sims = embed(feat if p == 1.0 else resample_time(feat, p), a.hop_seconds) @ allrefs.T
-                per_ref = [float(sims[:, owner == i].max(1).mean()) for i in range(len(refs["fold"]))]
+                per_ref = [float(sims[:, owner == i].max(1).mean()) for i in range(len(refs[last]))]
                 per_probe.append(max(per_ref))
-            impostor["fold"].append(per_probe[0])
-            impostor["fold+probe"].append(max(per_probe))
+            impostor[last].append(per_probe[0])
+            if probes:
+                impostor["+probe"].append(max(per_probe))
             bar.advance(task)
 
     print(f"\n{len(positives)} references, {args.excerpt:.0f} s excerpts; MaxMean median / p10")
