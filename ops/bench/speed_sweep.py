@@ -14,6 +14,8 @@ query's chunks (query hop ``audio.hop_seconds``) against its own reference. Colu
 
   phases=1   the shared data set's HPCP alone (``hpcp_tuning_phases = 1``)
   phases=n   the tuning fold over n phases (2 is the default), references folded alike
+             (``--ref-speeds``: references also embedded at those speeds, all as one
+             reference's chunks — a lever measured and not adopted, see the result note)
   +probe     the last phases column, and the best MaxMean over copies of the query's
              features resampled in time by the ``--probes`` factors (a lever measured and
              not adopted: it lifts impostors as much as copies; ``--probes ''`` skips it)
@@ -86,9 +88,12 @@ def main() -> None:
     ap.add_argument("--tempos", type=_floats, default=_floats("0.85,0.92,1.08,1.15"))
     ap.add_argument("--phases", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2])
     ap.add_argument("--probes", type=_floats, default=_floats("0.94,1.0,1.06"))
+    ap.add_argument("--ref-speeds", type=_floats, default=[],
+                    help="also embed each reference played at these speeds (extra chunks of it)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     settings = get_settings()
     encoder, _ = load_encoder(settings)
@@ -122,7 +127,8 @@ def main() -> None:
         for rec in positives:
             wave = load_audio(rec.path, sr)
             for name, fe in fronts.items():
-                refs[name].append(embed(fe.features(wave), ref_hop))
+                variants = [wave] + [change_speed(wave, v) for v in args.ref_speeds]
+                refs[name].append(np.concatenate([embed(fe.features(v), ref_hop) for v in variants]))
             start = rng.uniform(0, len(wave) / sr - args.excerpt - 1)
             seg = wave[int(start * sr): int((start + args.excerpt) * sr)]
             for kind, factor in conditions:

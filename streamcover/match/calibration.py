@@ -3,8 +3,9 @@
 ``streamcover calibrate`` writes ``<model>.calibration.json`` next to the model: the
 measured curve of false alarms per stream-hour against the match score (negative uploads
 whose best top score reached it, over the hours of negative audio), the chosen operating
-point and the data. This module only reads it. The lookup is monotone (a higher score never
-has a higher rate), linear between measured points, and floored: above the highest score any
+point and the data. This module only reads it. The lookup is the measured step (at a score
+s, the negatives whose best score reached s, per hour: what the operating point's count of
+false alarms says, never more or less), monotone, and floored: above the highest score any
 negative reached, nothing was measured, so the rate is reported as the bound
 ``< 1 / hours`` (:meth:`Calibration.false_alarms_per_hour` returns that bound, and
 :meth:`Calibration.at_floor` says it is one).
@@ -63,7 +64,9 @@ class Calibration:
         return self.false_alarms_per_hour(score) <= self.floor + 1e-12 and self._raw(score) < self.floor
 
     def _raw(self, score: float) -> float:
-        return float(np.interp(score, self.scores, self.fa_per_hour))
+        # The first measured score at or above ``score``: no negative lies in between.
+        i = int(np.searchsorted(self.scores, score, side="left"))
+        return 0.0 if i >= len(self.scores) else float(self.fa_per_hour[i])
 
     def for_chunks(self, chunks_used: int) -> Calibration:
         """The curve that applies to a decision made on ``chunks_used`` query chunks."""
@@ -123,13 +126,15 @@ class Calibration:
 
 
 def curve_points(negative_best: Sequence[float], negative_hours: float,
-                 lo: float = 0.0, hi: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                 lo: float = 0.0, hi: float = 1.0, decimals: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """The measured curve from each negative stream's best score: at each distinct score s,
     the streams reaching s per hour; plus the end points ``lo`` (all streams that scored
-    at all) and ``hi`` (zero). Scores ascending, rates non-increasing."""
+    at all) and ``hi`` (zero). Scores strictly ascending at ``decimals`` places (the
+    precision the calibration file keeps, so scores equal there are one point), rates
+    non-increasing."""
     if negative_hours <= 0:
         raise ValueError("negative_hours must be positive")
-    best = np.sort(np.asarray([b for b in negative_best if np.isfinite(b)], np.float64))
+    best = np.sort(np.round(np.asarray([b for b in negative_best if np.isfinite(b)], np.float64), decimals))
     pts = np.unique(np.concatenate([[lo], best[(best > lo) & (best < hi)], [hi]]))
     counts = best.size - np.searchsorted(best, pts, side="left")
     rate = counts / negative_hours

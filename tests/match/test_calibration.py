@@ -1,4 +1,4 @@
-"""The calibrated-confidence lookup: monotone, interpolated, floored where nothing was measured."""
+"""The calibrated-confidence lookup: the measured step, monotone, floored where nothing was measured."""
 
 from __future__ import annotations
 
@@ -34,15 +34,18 @@ def test_curve_counts_streams_reaching_each_score() -> None:
     assert np.all(np.diff(f) <= 0)
 
 
-def test_lookup_is_monotone_and_interpolated() -> None:
+def test_lookup_is_the_measured_step() -> None:
     cal = _cal()
     grid = np.linspace(-0.2, 1.0, 241)
     rates = [cal.false_alarms_per_hour(float(x)) for x in grid]
     assert np.all(np.diff(rates) <= 1e-12)
-    # at a measured point: the measured rate; between two: between them
+    # at any score: the negatives whose best reached it, per hour (what a count at that
+    # threshold says), so between two measured points the upper one's rate
+    for x in grid:
+        assert cal.false_alarms_per_hour(float(x)) == pytest.approx(
+            max(sum(b >= x for b in BEST) / HOURS, cal.floor))
     assert cal.false_alarms_per_hour(0.30) == pytest.approx(3 / HOURS)
-    mid = cal.false_alarms_per_hour(0.315)
-    assert 2 / HOURS < mid < 3 / HOURS
+    assert cal.false_alarms_per_hour(0.315) == pytest.approx(2 / HOURS)
     assert cal.false_alarms_per_hour(-0.5) == pytest.approx(len(BEST) / HOURS)
 
 
@@ -90,3 +93,11 @@ def test_default_path_and_shipped_file() -> None:
         cal = Calibration.load(path)
         assert cal.threshold is not None and 0 < cal.threshold < 1
         assert cal.false_alarms_per_hour(cal.threshold) <= 0.1 + 1e-9 or cal.at_floor(cal.threshold)
+
+
+def test_scores_equal_at_the_files_precision_are_one_point() -> None:
+    """Two negatives 1e-12 apart (fused-score round-off) would be two points that the file,
+    written at 5 places, shows as equal: the curve merges them and stays strictly ascending."""
+    s, f = curve_points([0.0106, 0.0106 + 1e-12, 0.5], 2.0)
+    assert np.all(np.diff(s) > 0) and np.all(np.round(s, 5) == s)
+    assert list(f) == [1.5, 1.5, 0.5, 0.0]
