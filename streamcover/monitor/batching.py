@@ -15,16 +15,22 @@ import numpy as np
 from streamcover.audio.frontend import FeatureStream, push_many
 from streamcover.monitor.engine import Engine
 from streamcover.monitor.metrics import Metrics
+from streamcover.monitor.profile import StageProfile
 from streamcover.monitor.stream import Job, StreamRuntime
+
+_NO_PROFILE = StageProfile()
 
 # (stream, batch position of its newest record, phase, exception): the caller ends the stream
 FeatureFault = Callable[[StreamRuntime, int, str, Exception], None]
 
 
-def sync_features(streams: Iterable[StreamRuntime], jobs: list[Job], fault: FeatureFault) -> None:
+def sync_features(streams: Iterable[StreamRuntime], jobs: list[Job], fault: FeatureFault,
+                  profile: StageProfile | None = None) -> None:
     """Features of every stream with pending audio in one batched front-end call
     (``push_many``: one FFT/peak-picking pass over the frames of all streams). If the
-    batch raises, each stream is retried alone from its state before the batch."""
+    batch raises, each stream is retried alone from its state before the batch.
+    ``profile`` times the front end ("hpcp") and the windowing (benchmark only)."""
+    prof = profile or _NO_PROFILE
     due: list[StreamRuntime] = []
     blocks: list[np.ndarray] = []
     for rt in streams:
@@ -38,7 +44,8 @@ def sync_features(streams: Iterable[StreamRuntime], jobs: list[Job], fault: Feat
     last = [rt.pending[-1][3] for rt in due]  # the newest record of each stream's audio
     new: list[np.ndarray | None]
     try:
-        new = list(_features(due, blocks))
+        with prof.stage("hpcp"):
+            new = list(_features(due, blocks))
     except Exception:
         new = []
         for rt, block, snap, order in zip(due, blocks, snaps, last, strict=True):
@@ -53,7 +60,8 @@ def sync_features(streams: Iterable[StreamRuntime], jobs: list[Job], fault: Feat
         if feats is None:
             continue
         try:
-            rt.absorb(np.asarray(feats, dtype=np.float32), jobs)
+            with prof.stage("windowing"):
+                rt.absorb(np.asarray(feats, dtype=np.float32), jobs)
         except Exception as exc:
             fault(rt, order, "windows", exc)
 
@@ -88,7 +96,8 @@ def embed(jobs: list[Job], engine: Engine, metrics: Metrics,
 def _embed_batch(part: list[Job], engine: Engine, metrics: Metrics) -> np.ndarray:
     batch = np.stack([j.chunk for j in part])  # type: ignore[misc]
     t0 = time.perf_counter()
-    emb = np.asarray(engine.encoder.embed_chunks(batch), dtype=np.float32)
+    with metrics.profile.stage("encoder"):
+        emb = np.asarray(engine.encoder.embed_chunks(batch), dtype=np.float32)
     metrics.embed_latency.observe(time.perf_counter() - t0)
     metrics.batch_size.observe(len(part))
     if emb.shape[0] != len(part) or not np.isfinite(emb).all():

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from streamcover.monitor.profile import StageProfile
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -52,6 +54,9 @@ class Metrics:
         self.evicted = Counter("streamcover_streams_evicted", "Idle streams evicted", registry=r)
         self.transactions = Counter("streamcover_transactions", "Committed transactions", registry=r)
         self.restored = Counter("streamcover_streams_restored", "Stream states restored", registry=r)
+        # Per-stage CPU for the benchmark: off unless STREAMCOVER_MONITOR_PROFILE is set
+        # (streamcover.monitor.profile).
+        self.profile = StageProfile.from_env()
 
 
 def serve(metrics: Metrics, host: str, port: int) -> int:

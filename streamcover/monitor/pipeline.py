@@ -14,7 +14,8 @@ stream's accumulated chunks (its horizon) and decided by :class:`StreamMatcher`.
 This module orchestrates; the parts are beside it: the types in and out
 (``monitor.records``), record checks and dead letters (``monitor.intake``), checkpoints,
 replay and tombstones (``monitor.checkpoints``), the batched front end and encoder
-(``monitor.batching``) and the events (``monitor.match_events``).
+(``monitor.batching``) and the events (``monitor.match_events``); ``monitor.profile`` times
+the stages for the benchmark (off unless ``STREAMCOVER_MONITOR_PROFILE`` is set).
 
 Hostile input (docs/monitor.md "Fault tolerance"). Every size a producer controls is bounded
 before it is allocated (``monitor.intake``); holes become silence only up to
@@ -75,6 +76,9 @@ class Pipeline:
         # The stream of the record being handled (its frame, if it is one) and partition.
         self._current: tuple[str, AudioFrame | None, int] | None = None
         self._ended_now: set[str] = set()  # streams whose end event this batch emitted
+        # Stage timers (off unless the benchmark asks: streamcover.monitor.profile).
+        self.profile = self.metrics.profile
+        self.profile.instrument_searcher(engine.searcher)
 
     @property
     def restored(self) -> dict[str, tuple[int, StreamState]]:
@@ -102,6 +106,17 @@ class Pipeline:
 
     # ---- the batch ---------------------------------------------------------------------------
     def process(self, records: Sequence[InRecord], now: float | None = None) -> Output:
+        prof = self.profile
+        if not prof.enabled:
+            return self._process(records, now)
+        prof.batch_start(len(records), min((r.timestamp_ms for r in records if r.timestamp_ms > 0),
+                                           default=None))
+        with prof.stage("pipeline_other"):
+            out = self._process(records, now)
+        prof.batch_end(out.windows)
+        return out
+
+    def _process(self, records: Sequence[InRecord], now: float | None) -> Output:
         now = time.time() if now is None else now
         out = Output()
         jobs: list[Job] = []
@@ -128,7 +143,8 @@ class Pipeline:
         decided = {j.stream.stream_id: j.stream for j in jobs}
         for rt in decided.values():
             if rt.stream_id in self.streams or rt.finished:
-                out.states.append((rt.partition, rt.stream_id, self._state_of(rt, out, now)))
+                with self.profile.stage("checkpoint"):
+                    out.states.append((rt.partition, rt.stream_id, self._state_of(rt, out, now)))
             if rt.finished:
                 self._close(rt)
         self.checkpoints.write_marks(out, now)
@@ -226,7 +242,8 @@ class Pipeline:
                 touched: dict[str, StreamRuntime], order: int = 0) -> None:
         s = self.settings
         self.metrics.frames_in.inc()
-        record = admit(rec, s.audio)
+        with self.profile.stage("decode"):
+            record = admit(rec, s.audio)
         if isinstance(record, Rejected):
             self._dead(out, rec, record.reason, record.detail, replay)
             return
@@ -240,7 +257,8 @@ class Pipeline:
             return
         rt.last_active = time.monotonic()
         rt.last_offset = max(rt.last_offset, rec.offset)
-        samples = frame_samples(frame, rt.sample_rate, s.audio.wire_sample_rate, self.metrics, replay)
+        with self.profile.stage("decode"):
+            samples = frame_samples(frame, rt.sample_rate, s.audio.wire_sample_rate, self.metrics, replay)
         closed_at = frame.sent_at if math.isfinite(frame.sent_at) and 0 < frame.sent_at <= now + 5 else now
         audio = AudioBlock(samples, rec.offset, closed_at, frame.eos, order)
         slot = Slot(frame.seq, frame.start_sample, int(samples.size), audio)
@@ -253,8 +271,9 @@ class Pipeline:
                 continue
             assert a.slot is not None
             if a.kind == "silence":
-                rt.feed(np.zeros(a.samples, dtype=np.float32), a.slot.start_sample - a.samples,
-                        a.slot.item.closed_at, order)
+                with self.profile.stage("resample"):
+                    rt.feed(np.zeros(a.samples, dtype=np.float32), a.slot.start_sample - a.samples,
+                            a.slot.item.closed_at, order)
                 self.metrics.frames_converted.labels("gap_silence").inc()
                 continue
             if a.kind == "discontinuity":
@@ -263,7 +282,8 @@ class Pipeline:
                 continue
             item = a.slot.item
             rt.recent.append((item.offset, a.slot.seq, a.slot.start_sample, a.slot.num_samples))
-            rt.feed(item.samples, a.slot.start_sample, item.closed_at, order)
+            with self.profile.stage("resample"):
+                rt.feed(item.samples, a.slot.start_sample, item.closed_at, order)
             touched[rt.stream_id] = rt
             if item.eos and not rt.finished:
                 rt.finish(item.closed_at, jobs, order)
@@ -381,7 +401,7 @@ class Pipeline:
             self._fault(rt, self._rec_at(order), phase, exc, out)
             self._close_job(rt, jobs, order, time.time())
 
-        sync_features(self.streams.values(), jobs, fault)
+        sync_features(self.streams.values(), jobs, fault, self.profile)
 
     def _rec_at(self, order: int) -> InRecord | None:
         return self._batch[order] if 0 <= order < len(self._batch) else None
@@ -409,8 +429,9 @@ class Pipeline:
     def _decide(self, j: Job, vector: np.ndarray | None, out: Output, now: float) -> None:
         rt = j.stream
         if j.chunk is None:
-            for d in rt.matcher.finish(j.finish_at or j.end, j.index):
-                out.events.append(self._event(d, now, j.closed_at))
+            with self.profile.stage("decision"):
+                for d in rt.matcher.finish(j.finish_at or j.end, j.index):
+                    out.events.append(self._event(d, now, j.closed_at))
             self._ended_now.add(rt.stream_id)
             return
         assert vector is not None
@@ -424,11 +445,13 @@ class Pipeline:
         qv = np.stack([rt.embeddings[k] for k in q])
         qs = np.array([rt.chunk_start[k] for k in q], dtype=np.float64)
         t0 = time.perf_counter()
-        hits = self.engine.searcher.search(qv, qs, chunk_ids=list(q), memo=rt.stage1_memo,
-                                           query_features=rt.query_features())
+        with self.profile.stage("search_other"):
+            hits = self.engine.searcher.search(qv, qs, chunk_ids=list(q), memo=rt.stage1_memo,
+                                               query_features=rt.query_features())
         self.metrics.search_latency.observe(time.perf_counter() - t0)
-        for d in rt.matcher.on_window(j.index, j.start, j.end, hits):
-            out.events.append(self._event(d, now, j.closed_at))
+        with self.profile.stage("decision"):
+            for d in rt.matcher.on_window(j.index, j.start, j.end, hits):
+                out.events.append(self._event(d, now, j.closed_at))
 
     def _finish_now(self, rt: StreamRuntime, j: Job, out: Output, now: float) -> None:
         """A stream failed while deciding: its end event now (the matcher's verdict so far,
