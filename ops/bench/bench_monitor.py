@@ -1,5 +1,8 @@
 """Benchmark: concurrent real-time streams through the real broker, and threshold calibration.
 
+One script (a benchmark, run by hand, never imported): its levels, profile and calibration
+share the broker and catalog set-up, which is why it runs past ~450 lines.
+
 Throughput/latency (default): starts a local broker, builds a catalog of synthetic works
 with the encoder the monitor would use (the shipped model if present, else the untrained
 one: printed), runs ``streamcover monitor`` (``--workers N``: N processes of one consumer

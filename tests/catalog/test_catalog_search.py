@@ -1,4 +1,7 @@
-"""Index snapshots and two-stage search on structured synthetic embeddings (real faiss)."""
+"""Index snapshots and two-stage search on structured synthetic embeddings (real faiss).
+
+One file because every test shares the module-scoped catalog and snapshot fixtures.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Fault injection against the real broker: the monitor under kill -9, SIGSTOP, a broker
-restart and a duplicate instance id (docs/monitor.md "Broker faults").
+restart and a duplicate instance id (docs/monitor.md "Broker faults"). One file: the
+scenarios share the restartable broker and the monitor-subprocess helpers.
 
 Every scenario compares what a read_committed reader sees on the match topic with what
 one uninterrupted pipeline decides on the same frames (``reference_events``, no Kafka):

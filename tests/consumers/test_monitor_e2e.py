@@ -1,4 +1,5 @@
 """The monitor end to end against the real Kafka broker (tests/conftest.py), never a mock.
+One file: every test shares the module's broker, world and running monitor.
 
 Encoder and catalog: see tests/helpers/monitor_world.py — the untrained encoder with a fixed seed
 and a catalog built with it, streams that are near-copies of catalogued works. These tests

@@ -1,6 +1,7 @@
 """The monitor's processing core without Kafka: real front end, real (untrained) encoder,
 real catalog and faiss index. Fast checks of windowing, checkpoint/restore exactness and
-bad-input outcomes; the Kafka paths are in tests/consumers/test_monitor_e2e.py."""
+bad-input outcomes; the Kafka paths are in tests/consumers/test_monitor_e2e.py. One file: the
+tests share the module's world and engine."""
 
 from __future__ import annotations
 

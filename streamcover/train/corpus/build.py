@@ -1,5 +1,7 @@
 """Building the corpus: discover works, split by work, plan versions, render in a pool.
 
+The four steps of one command, kept together (each is a function; just past ~450 lines).
+
 Layout under ``out``::
 
     audio/<source>/<work>/vNN-<params hash>.flac   rendered versions (+ .json sidecar each)
