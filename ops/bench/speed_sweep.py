@@ -44,6 +44,8 @@ from streamcover.config import get_settings
 from streamcover.eval.detect_data import (
     NEGATIVE_PACKAGES,
     POSITIVE_PACKAGES,
+    PackageSpec,
+    Recording,
     change_speed,
     fetch_package,
     package_recordings,
@@ -109,7 +111,7 @@ def main() -> None:
         chunks, _ = chunk_features(feat, fps, a.window_seconds, hop, a.min_clip_seconds)
         return encoder.embed_chunks(chunks)
 
-    def pick(specs: tuple, count: int) -> list:  # type: ignore[type-arg]
+    def pick(specs: tuple[PackageSpec, ...], count: int) -> list[Recording]:
         recs = [r for s in specs for r in package_recordings(s, fetch_package(s.name))
                 if r.duration_s >= args.excerpt + 5]
         idx = rng.choice(len(recs), size=min(count, len(recs)), replace=False)
