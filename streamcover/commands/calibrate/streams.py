@@ -73,15 +73,15 @@ class _NegativeClipFeatures:
 
 @dataclasses.dataclass
 class _NegativeFeatures:
-    path: Path
-    wire: int
+    """A whole unrelated recording at the wire rate (the same decode its clips cut from)."""
+
+    source: _LazyAudio
     frontend: Any
 
     def __call__(self) -> np.ndarray:
-        from streamcover.audio.decode import load_audio
         from streamcover.eval.detect_data import monitor_features
 
-        return monitor_features(load_audio(self.path, self.wire), self.wire, self.frontend)
+        return monitor_features(self.source.wave(), self.source.rate, self.frontend)
 
 
 def make_streams(args: argparse.Namespace, encoder: Encoder, settings: Settings, data: Data,
@@ -120,10 +120,10 @@ def make_streams(args: argparse.Namespace, encoder: Encoder, settings: Settings,
     # short clip is one short chunk and scores by chance differently from a long stream.
     task = progress.add_task("negatives", total=len(data.negatives), note="")
     for r in data.negatives:
-        feat = cache.get(["negative", r.sha256, wire], _NegativeFeatures(r.path, wire, fe))
+        source = _LazyAudio(r.path, wire)  # decoded once, for the whole and its clips
+        feat = cache.get(["negative", r.sha256, wire], _NegativeFeatures(source, fe))
         yield QueryStream(f"{r.ref_id}#full", "negative", r.package, "full", None, feat, fps)
         rng = _rng(args.seed, "negative:" + r.sha256)
-        source = _LazyAudio(r.path, wire)
         for i, clip_s in enumerate(L for L in (10.0, 30.0, 60.0) for _ in range(args.draws)):
             if r.duration_s < clip_s + 1.0:
                 continue
