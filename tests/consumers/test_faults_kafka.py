@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
 import subprocess
 import uuid
@@ -170,21 +169,36 @@ class TxnProbe:
 
 
 async def stop_inside_transaction(proc: subprocess.Popen[bytes], probe: TxnProbe,
-                                  others: set[int] | None = None, attempts: int = 300) -> list[int]:
-    """SIGSTOP the monitor until it is caught with a transaction open (and still open after
-    the broker had time to finish any commit already sent); leaves it stopped. Partitions
-    in ``others`` belong to a monitor that keeps running, so their transactions do not count."""
-    rng = random.Random(5)
-    for _ in range(attempts):
+                                  others: set[int] | None = None, within_s: float = 150.0) -> list[int]:
+    """SIGSTOP the monitor the moment the probe sees one of its transactions open, and keep
+    it stopped if the transaction is still open once the broker had time to finish any
+    commit already sent; otherwise let it go and watch again. Partitions in ``others``
+    belong to a monitor that keeps running, so their transactions do not count.
+
+    Watching first (a few ms per look) rather than stopping at random instants catches
+    transactions that are open for only tens of milliseconds; random stops once missed
+    all of them under the full suite."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    looks = stops = 0
+
+    async def open_now() -> list[int]:
+        return [p for p in await probe.open_partitions() if p not in (others or set())]
+
+    while loop.time() < deadline and proc.poll() is None:
+        looks += 1
+        if not await open_now():
+            await asyncio.sleep(0.003)
+            continue
         os.kill(proc.pid, signal.SIGSTOP)
+        stops += 1
         await asyncio.sleep(0.3)
-        open_now = [p for p in await probe.open_partitions() if p not in (others or set())]
-        again = [p for p in await probe.open_partitions() if p not in (others or set())]
-        if open_now and open_now == again:
-            return open_now
+        first, again = await open_now(), await open_now()
+        if first and first == again:
+            return first
         os.kill(proc.pid, signal.SIGCONT)
-        await asyncio.sleep(rng.uniform(0.02, 0.25))
-    raise AssertionError("never caught the monitor inside a transaction")
+    raise AssertionError(f"never caught the monitor inside a transaction: {looks} looks, {stops} stops "
+                         f"in {within_s:.0f} s, monitor exit status {proc.poll()}")
 
 
 async def closed_soon(probe: TxnProbe, partitions: list[int], tries: int = 40) -> bool:
