@@ -49,25 +49,28 @@ UNTRAINED_MATCH = {"threshold": 0.9985, "one_chunk_threshold": 0.9985, "release_
 
 def build_catalog(path: Path, encoder: Any, works: dict[str, tuple[Score, str]], settings: Settings,
                   rate: int) -> None:
-    """Embed each work's reference rendering on the catalog's reference grid, store its
-    features for stage 3, and index it (what ``catalog add`` does for files)."""
+    """Embed each work's reference rendering on the catalog's reference grid (with its speed
+    renders), store its features for stage 3, and index it (what ``catalog add`` does for files)."""
     from streamcover.catalog.factory import IndexParams
+    from streamcover.catalog.ingest import embed_reference
     from streamcover.catalog.records import ReferenceInput
     from streamcover.catalog.snapshot import build_snapshot
     from streamcover.catalog.store import Catalog
 
     fe = encoder.frontend
     hop = settings.catalog.reference_hop_seconds
+    speeds = settings.catalog.reference_speeds
     refs = []
     for rid, (score, artist) in works.items():
         wave = render(score, Version(), rate)
         # The monitor's own resampler, so references and streams share one signal path.
         up = StreamResampler(rate, fe.sample_rate).push(np.concatenate([wave, np.zeros(rate // 10, np.float32)]))
-        emb = encoder.embed_features(fe.features(up[: len(wave) * fe.sample_rate // rate]), hop_seconds=hop)
+        emb = embed_reference(encoder, up[: len(wave) * fe.sample_rate // rate], hop_seconds=hop, speeds=speeds)
         refs.append(ReferenceInput(id=rid, vectors=emb.vectors, starts=emb.starts, title=score.title,
                                    artist=artist, duration=len(wave) / rate, features=emb.features))
     with Catalog.open(path, "a", model_id=encoder.model_id, dim=int(refs[0].vectors.shape[1])) as cat:
-        cat.add_references(refs, encoder.model_id, reference_hop_s=hop, feature_fps=fe.frames_per_second)
+        cat.add_references(refs, encoder.model_id, reference_hop_s=hop, reference_speeds=speeds,
+                           feature_fps=fe.frames_per_second)
         build_snapshot(cat, IndexParams.from_settings(settings.catalog))
 
 

@@ -12,7 +12,7 @@ from math import gcd
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -216,6 +216,22 @@ class CatalogSettings(BaseModel):
     # audio.hop_seconds. A denser reference grid bounds how far off it a query can start
     # (half this hop); measured in docs/results/2026-12-03-reference-grid.md.
     reference_hop_seconds: float = Field(5.0, gt=0, le=60)
+    # Playback speeds (tempo and pitch together) a reference is also rendered and embedded
+    # at, as more chunks of the same reference: a re-upload played a few per cent fast or
+    # slow moves bass notes between frequency bins, which the HPCP tuning fold cannot undo.
+    # Each speed adds about as many chunks as the recording has. Changing it means
+    # `catalog reembed`; measured in docs/results/2026-12-05-reference-speeds.md.
+    reference_speeds: tuple[float, ...] = ()
+    @field_validator("reference_speeds")
+    @classmethod
+    def _speeds(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.8 <= s <= 1.25 or abs(s - 1.0) < 1e-3 for s in v):
+            raise ValueError(f"reference speeds must lie in [0.8, 1.25] and not be 1 (the "
+                             f"recording itself is always embedded), got {list(v)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"reference speeds repeat: {list(v)}")
+        return tuple(sorted(float(s) for s in v))
+
     # Cap on a reference's `extra` metadata (JSON bytes), checked at catalog time: it is
     # copied into every match event, which must fit the broker's max.message.bytes.
     max_extra_bytes: int = Field(4096, ge=0, le=262_144)
@@ -275,7 +291,6 @@ class MonitorSettings(BaseModel):
     idle_evict_seconds: float = Field(300.0, gt=0)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9464, ge=0, le=65535)
-    commit_interval_ms: int = Field(1000, ge=10)
     # Largest sequence gap (in frames) filled with silence; larger gaps restart the stream window.
     max_gap_frames: int = Field(20, ge=0)
     # Frames that may arrive early and wait for a missing predecessor.

@@ -40,13 +40,13 @@ from streamcover.audio.chunking import chunk_features
 from streamcover.audio.decode import load_audio
 from streamcover.audio.frontend import HPCPFrontEnd
 from streamcover.audio.hpcp import HPCPParams
+from streamcover.audio.speed import change_speed
 from streamcover.config import get_settings
 from streamcover.eval.detect_data import (
     NEGATIVE_PACKAGES,
     POSITIVE_PACKAGES,
     PackageSpec,
     Recording,
-    change_speed,
     fetch_package,
     package_recordings,
 )

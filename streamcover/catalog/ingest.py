@@ -25,9 +25,11 @@ from streamcover.manifests import ManifestError, read_manifest_rows
 from streamcover.progress import progress_bar
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from streamcover.catalog.records import Reference
     from streamcover.catalog.store import Catalog
-    from streamcover.model.inference import Encoder
+    from streamcover.model.inference import Embedding, Encoder
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4",
                   ".webm", ".mka", ".mkv", ".aiff", ".aif", ".wma"}
@@ -101,6 +103,33 @@ def read_manifest(path: Path, max_extra_bytes: int | None = None) -> list[Item]:
     return items
 
 
+def embed_reference(encoder: Encoder, wave: np.ndarray, *, hop_seconds: float,
+                    speeds: Iterable[float] = ()) -> Embedding:
+    """A reference's chunks: those of the recording at ``hop_seconds``, then those of renders
+    played at each of ``speeds`` (``catalog.reference_speeds``), all as one reference.
+
+    A re-upload sped up or slowed down by a few per cent moves its bass notes between the
+    front end's frequency bins, which the tuning fold cannot undo; a render at that speed
+    matches it again (docs/results/2026-12-05-reference-speeds.md). A render's chunk starts
+    are given in the recording's own time (``t * speed``), so set lists and alignments
+    stay in reference time. ``features`` are the recording's alone: stage 3 aligns against
+    them."""
+    import numpy as np
+
+    from streamcover.audio.speed import change_speed
+    from streamcover.model.inference import Embedding
+
+    fe = encoder.frontend
+    base = encoder.embed_features(fe.features(wave), hop_seconds=hop_seconds)
+    vectors, starts = [base.vectors], [base.starts]
+    for speed in speeds:
+        emb = encoder.embed_features(fe.features(change_speed(wave, speed)), hop_seconds=hop_seconds)
+        vectors.append(emb.vectors)
+        starts.append(np.asarray(emb.starts, dtype=np.float64) * speed)
+    return Embedding(np.concatenate(vectors), np.concatenate(starts),
+                     duration_s=len(wave) / fe.sample_rate, features=base.features)
+
+
 @dataclass
 class AddSummary:
     added: int = 0
@@ -111,18 +140,21 @@ class AddSummary:
 def add_items(cat: Catalog, encoder: Encoder, items: list[Item], *, batch: int = 32,
               progress: bool = True) -> AddSummary:
     """Embed and store ``items`` in durable batches, skipping what is already stored."""
-    from streamcover.audio.decode import AudioDecodeError
+    from streamcover.audio.decode import AudioDecodeError, load_audio
     from streamcover.config import get_settings
 
     cat.check_model(encoder.model_id, f"encoder {encoder.model_id!r}")
     cs = get_settings().catalog
     hop = cs.reference_hop_seconds
+    speeds = tuple(cs.reference_speeds)
+    cat.check_reference_grid(hop, speeds)  # a mismatch fails before anything is decoded
     summary = AddSummary()
     pending: list[ReferenceInput] = []
 
     def flush() -> None:
         if pending:
             res = cat.add_references(pending, encoder.model_id, reference_hop_s=hop,
+                                     reference_speeds=speeds,
                                      feature_fps=encoder.frontend.frames_per_second,
                                      max_extra_bytes=cs.max_extra_bytes)
             summary.added += len(res.added)
@@ -144,8 +176,9 @@ def add_items(cat: Catalog, encoder: Encoder, items: list[Item], *, batch: int =
                     summary.skipped += 1
                     continue
                 check_extra(item.extra, f"{ref_id} ({item.path})", cs.max_extra_bytes)
-                # One decode and front-end pass gives the embeddings and the stored features.
-                emb = encoder.embed(item.path, hop_seconds=hop)
+                # One decode gives the embeddings, the speed renders and the stored features.
+                wave = load_audio(item.path, encoder.frontend.sample_rate)
+                emb = embed_reference(encoder, wave, hop_seconds=hop, speeds=speeds)
                 if len(emb) == 0:
                     raise ValueError(
                         f"{item.path}: shorter than the minimum clip length, nothing to embed"
@@ -176,7 +209,9 @@ def rebuild_reasons(stats: dict[str, Any], model_id: str | None = None) -> list[
     without stored features. Empty when it is current."""
     from streamcover.config import get_settings
 
-    want = get_settings().catalog.reference_hop_seconds
+    cs = get_settings().catalog
+    want = cs.reference_hop_seconds
+    want_speeds = tuple(cs.reference_speeds)
     reasons = []
     if model_id is not None and stats["model_id"] not in (None, model_id):
         reasons.append(f"built with model {stats['model_id']}, not {model_id}")
@@ -187,6 +222,10 @@ def rebuild_reasons(stats: dict[str, Any], model_id: str | None = None) -> list[
                            f"on the 10 s query grid); settings ask for {want:g} s")
         elif abs(hop - want) > 1e-9:
             reasons.append(f"references at a {hop:g} s hop; settings ask for {want:g} s")
+        have_speeds = tuple(stats.get("reference_speeds") or ())
+        if have_speeds != want_speeds:
+            reasons.append(f"references rendered at speeds {speeds_text(have_speeds)}; settings ask "
+                           f"for {speeds_text(want_speeds)}")
         missing = stats["references"] - stats["feature_references"]
         if missing:
             reasons.append(f"{missing} of {stats['references']} reference(s) have no stored "
@@ -208,10 +247,18 @@ def reembed_items(refs: Iterable[Reference]) -> tuple[list[Item], list[str]]:
     return items, missing
 
 
-def rebuild_path(path: Path, model_id: str, hop_s: float) -> Path:
-    """The sibling directory a rebuild for ``model_id`` at ``hop_s`` is built in. Its name
-    keys what it is built for, so a resumed run continues only its own."""
-    digest = hashlib.sha256(f"{model_id}|hop={hop_s!r}".encode()).hexdigest()[:12]
+def speeds_text(speeds: Iterable[float]) -> str:
+    """``catalog.reference_speeds`` for a message: ``0.94, 1.06`` or ``none``."""
+    return ", ".join(f"{s:g}" for s in speeds) or "none"
+
+
+def rebuild_path(path: Path, model_id: str, hop_s: float, speeds: Iterable[float] = ()) -> Path:
+    """The sibling directory a rebuild for ``model_id`` at ``hop_s`` and ``speeds`` is built
+    in. Its name keys what it is built for, so a resumed run continues only its own."""
+    key = f"{model_id}|hop={hop_s!r}"
+    if tuple(speeds):
+        key += f"|speeds={tuple(float(s) for s in speeds)!r}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return path.with_name(f"{path.name}.reembed-{digest}")
 
 

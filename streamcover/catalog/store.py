@@ -262,6 +262,28 @@ class Catalog:
         return None if h is None else float(h)
 
     @property
+    def reference_speeds(self) -> tuple[float, ...]:
+        """The playback speeds the references were also rendered at (``catalog.reference_speeds``);
+        empty for a catalog from before speed renders, which has none."""
+        s = self._meta("reference_speeds")
+        return tuple(float(x) for x in json.loads(s)) if s else ()
+
+    def check_reference_grid(self, hop_s: float, speeds: Sequence[float] = ()) -> None:
+        """Refuse to add references chunked at another hop or rendered at other speeds than
+        the catalog's: its references would no longer be scored alike."""
+        self._check_hop(hop_s)
+        if self._count_refs() == 0 and self._meta("reference_speeds") is None:
+            return
+        have, want = self.reference_speeds, tuple(float(x) for x in speeds)
+        if have != want:
+            raise CatalogError(
+                f"catalog {self.path} holds references rendered at speeds "
+                f"{', '.join(f'{x:g}' for x in have) or 'none'}, not "
+                f"{', '.join(f'{x:g}' for x in want) or 'none'}; rebuild it with "
+                "`streamcover catalog reembed` or use the catalog's catalog.reference_speeds"
+            )
+
+    @property
     def feature_fps(self) -> float | None:
         f = self._meta("feature_fps")
         return None if f is None else float(f)
@@ -376,6 +398,7 @@ class Catalog:
         model_id: str,
         *,
         reference_hop_s: float | None = None,
+        reference_speeds: Sequence[float] | None = None,
         feature_fps: float | None = None,
         max_extra_bytes: int = MAX_EXTRA_BYTES,
     ) -> AddResult:
@@ -383,8 +406,10 @@ class Catalog:
 
         Ids already live are skipped (idempotent resume). Model id and dimension are
         checked against the catalog's; the first add binds them, and likewise
-        ``reference_hop_s`` (the hop the references were chunked at) and ``feature_fps``
-        (the frame rate of ``ReferenceInput.features``, required when any are given).
+        ``reference_hop_s`` (the hop the references were chunked at), ``reference_speeds``
+        (the speed renders among their chunks, :func:`~streamcover.catalog.ingest.embed_reference`;
+        given with the hop) and ``feature_fps`` (the frame rate of ``ReferenceInput.features``,
+        required when any are given).
         """
         self._require_writer()
         self.check_model(model_id, "embeddings being added")
@@ -425,7 +450,7 @@ class Catalog:
             raise ValueError("all references in one batch must have the same number of feature bins")
         # Refuse a mismatch before writing any file.
         if reference_hop_s is not None:
-            self._check_hop(reference_hop_s)
+            self.check_reference_grid(reference_hop_s, reference_speeds or ())
         if have_feats:
             assert feature_fps is not None
             self._check_meta("feature_fps", feature_fps, "features at frames/s")
@@ -455,8 +480,11 @@ class Catalog:
                 )
                 fseg_id = int(cur.lastrowid or 0)
             if reference_hop_s is not None:
-                self._check_hop(reference_hop_s)
+                self.check_reference_grid(reference_hop_s, reference_speeds or ())
                 self._bind_meta("reference_hop_seconds", reference_hop_s, "references at hop (s)")
+                if self._meta("reference_speeds") is None:
+                    self._conn.execute("INSERT INTO meta VALUES (?, ?)", (
+                        "reference_speeds", json.dumps([float(x) for x in reference_speeds or ()])))
             row = 0
             frow = 0
             now = _now()
@@ -677,6 +705,7 @@ class Catalog:
             "segment_bytes": int(seg_bytes),
             "dead_rows": int(seg_rows) - int(live_chunks),
             "reference_hop_seconds": self.reference_hop_seconds,
+            "reference_speeds": list(self.reference_speeds),
             **self._feature_stats(),
         }
 

@@ -266,6 +266,7 @@ def _reembed(args: argparse.Namespace) -> int:
         rebuild_path,
         rebuild_reasons,
         reembed_items,
+        speeds_text,
         swap_in,
     )
     from streamcover.catalog.store import Catalog
@@ -275,18 +276,20 @@ def _reembed(args: argparse.Namespace) -> int:
     path = catalog_path(args)
     encoder = cli_encoder(args.model)
     hop = get_settings().catalog.reference_hop_seconds
+    speeds = tuple(get_settings().catalog.reference_speeds)
     with _catalog_errors(), Catalog.open(path, "r") as old:
         reasons = rebuild_reasons(old.stats(), encoder.model_id)
         if not reasons and not args.force:
             print(f"catalog {path} is current: model {encoder.model_id}, reference hop "
-                  f"{hop:g} s, features stored (--force rebuilds anyway)")
+                  f"{hop:g} s, speed renders {speeds_text(speeds)}, features stored "
+                  "(--force rebuilds anyway)")
             return 0
         refs = list(old.references())
     items, missing = reembed_items(refs)
     if missing and not args.skip_missing:
         raise CliError(f"{len(missing)} reference(s) have no source audio on disk "
                        f"(e.g. {missing[0]}); pass --skip-missing to drop them")
-    new_path = rebuild_path(path, encoder.model_id, hop)
+    new_path = rebuild_path(path, encoder.model_id, hop, speeds)
     with _catalog_errors(), Catalog.open(new_path, "a", model_id=encoder.model_id) as new:
         summary = add_items(new, encoder, items, batch=args.batch, progress=not args.no_progress)
     if summary.failed:
@@ -295,6 +298,7 @@ def _reembed(args: argparse.Namespace) -> int:
     _build_index(new_path, full=True)
     backup = swap_in(path, new_path)
     print(f"re-embedded {summary.added + summary.skipped} reference(s) with {encoder.model_id} "
-          f"at a {hop:g} s reference hop ({'; '.join(reasons) or 'forced'}); "
+          f"at a {hop:g} s reference hop, speed renders {speeds_text(speeds)} "
+          f"({'; '.join(reasons) or 'forced'}); "
           f"old catalog kept at {backup}" + (f"; dropped {len(missing)}" if missing else ""))
     return 0

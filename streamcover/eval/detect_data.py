@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamcover.audio.speed import change_speed
 from streamcover.config import PROJECT_ROOT
 
 FETCH_SCRIPT = PROJECT_ROOT / "ops" / "fetch-debian-media.sh"
@@ -185,21 +186,6 @@ def draw_reupload(rng: np.random.Generator, duration_s: float, length_s: float |
                     snr_db=float(rng.uniform(10.0, 20.0)),
                     noise=str(rng.choice(["white", "brown"])), codec=str(rng.choice(["mp3", "aac"])),
                     seed=int(rng.integers(0, 2**31 - 1)))
-
-
-def change_speed(wave: np.ndarray, speed: float) -> np.ndarray:
-    """Play ``wave`` ``speed`` times as fast (tempo and pitch together, as a turntable or a
-    resampling re-upload does): the duration is divided by ``speed``."""
-    from fractions import Fraction
-
-    from scipy.signal import resample_poly
-
-    if speed <= 0:
-        raise ValueError(f"speed must be positive, got {speed}")
-    frac = Fraction(speed).limit_denominator(1000)
-    if frac == 1:
-        return wave.astype(np.float32, copy=True)
-    return resample_poly(wave, frac.denominator, frac.numerator).astype(np.float32)
 
 
 def colored_noise(n: int, kind: str, rng: np.random.Generator) -> np.ndarray:

@@ -11,8 +11,8 @@ import torch
 
 from streamcover.audio.frontend import HPCPFrontEnd
 from streamcover.audio.hpcp import HPCPParams, hpcp_frames
+from streamcover.audio.speed import change_speed
 from streamcover.audio.tuning import TuningFold
-from streamcover.eval.detect_data import change_speed
 
 
 def _frames(spread0: float, spread1: float, n: int) -> np.ndarray:

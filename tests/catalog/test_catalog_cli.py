@@ -130,7 +130,19 @@ def test_add_list_identify_remove(setup: dict[str, Path], cli: Callable[..., _Ou
     assert frames.shape[0] == pytest.approx(40.0 * fps, abs=1.5)
     geo = ChunkGeometry.make(fps, 20.0, get_settings().catalog.reference_hop_seconds, 6.0)
     full, tail = geo.starts(frames.shape[0])
-    assert rows[1]["chunks"] == len(full) + (tail is not None) > 3
+    # ... and so do its speed renders (catalog.reference_speeds), cut from their own features.
+    from streamcover.audio.decode import load_audio
+    from streamcover.audio.frontend import make_frontend
+    from streamcover.audio.speed import change_speed
+
+    fe = make_frontend(get_settings().frontend)
+    wave = load_audio(d / "song1.wav", fe.sample_rate)
+    renders = 0
+    for speed in get_settings().catalog.reference_speeds:
+        r_full, r_tail = geo.starts(fe.features(change_speed(wave, speed)).shape[1])
+        renders += len(r_full) + (r_tail is not None)
+    assert rows[1]["chunks"] == len(full) + (tail is not None) + renders
+    assert len(full) > 3
     assert rows[2]["id"].startswith("sha256:")
 
     stats = json.loads(cli("catalog", "--catalog", cat, "stats", "--json").stdout)

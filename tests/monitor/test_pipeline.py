@@ -69,7 +69,7 @@ def test_restore_continues_the_tuning_fold(world: World, engine: Any) -> None:
     """An upload played 3 % slow sits half a semitone off the HPCP grid: its checkpoints carry
     the fold's shifted phase and recent spreads, and a restored stream's features continue bit
     for bit as an uninterrupted run's."""
-    from streamcover.eval.detect_data import change_speed
+    from streamcover.audio.speed import change_speed
 
     slow = change_speed(world.copy_of("work-1", 60.0), 0.97)
     recs = _records(world, {"slow": (slow, "upload")})

@@ -110,7 +110,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     scoring = digest(RECIPE, "negative-clips", settings.frontend.model_dump(), encoder.model_id,
                      settings.catalog.reference_hop_seconds,
                      settings.verify.model_dump(), DEFAULT_PARAMS.as_dict(), settings.audio.hop_seconds,
-                     settings.audio.window_seconds, settings.catalog.score_rule)
+                     settings.audio.window_seconds, settings.catalog.score_rule,
+                     *([list(settings.catalog.reference_speeds)] if settings.catalog.reference_speeds else []))
     records = args.records or cache_root / f"records-{encoder.model_id}-{scoring}.json.gz"
     meta: dict[str, Any]
     with _progress(args.no_progress) as progress:
@@ -136,6 +137,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             meta = {
                 "model_id": encoder.model_id, "catalog": str(cat_path),
                 "reference_hop_seconds": getattr(settings.catalog, "reference_hop_seconds", None),
+                "reference_speeds": list(getattr(settings.catalog, "reference_speeds", ())),
                 "stage3": accepts_query_features(searcher),
                 "score_rule": settings.catalog.score_rule,
                 "window_seconds": settings.audio.window_seconds, "hop_seconds": settings.audio.hop_seconds,
@@ -190,7 +192,8 @@ def _calibrate(args: argparse.Namespace) -> int:
                  "positive_streams": sw.positives},
         "scoring": {"stage3": settings.verify.enabled,
                     "fusion": DEFAULT_PARAMS.as_dict() if settings.verify.enabled else None,
-                    "reference_hop_seconds": settings.catalog.reference_hop_seconds},
+                    "reference_hop_seconds": settings.catalog.reference_hop_seconds,
+                    "reference_speeds": list(settings.catalog.reference_speeds)},
         "curve": {"score": [round(float(s), 5) for s in scores],
                   "fa_per_hour": [round(float(r), 6) for r in rates]},
         "curve_one_chunk": {"score": [round(float(s), 5) for s in scores1],
