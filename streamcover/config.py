@@ -219,9 +219,11 @@ class CatalogSettings(BaseModel):
     # Playback speeds (tempo and pitch together) a reference is also rendered and embedded
     # at, as more chunks of the same reference: a re-upload played a few per cent fast or
     # slow moves bass notes between frequency bins, which the HPCP tuning fold cannot undo.
-    # Each speed adds about as many chunks as the recording has. Changing it means
-    # `catalog reembed`; measured in docs/results/2026-12-05-reference-speeds.md.
-    reference_speeds: tuple[float, ...] = ()
+    # Each speed adds about as many chunks as the recording has (3x the chunks of no
+    # renders, 692 against 248 B per reference second). Changing it means `catalog
+    # reembed`; measured in docs/results/2026-12-04-reference-speeds.md.
+    reference_speeds: tuple[float, ...] = (0.94, 1.06)
+
     @field_validator("reference_speeds")
     @classmethod
     def _speeds(cls, v: tuple[float, ...]) -> tuple[float, ...]:

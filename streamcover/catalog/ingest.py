@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from streamcover.catalog.records import Reference
     from streamcover.catalog.store import Catalog
+    from streamcover.config import CatalogSettings
     from streamcover.model.inference import Embedding, Encoder
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4",
@@ -110,7 +111,7 @@ def embed_reference(encoder: Encoder, wave: np.ndarray, *, hop_seconds: float,
 
     A re-upload sped up or slowed down by a few per cent moves its bass notes between the
     front end's frequency bins, which the tuning fold cannot undo; a render at that speed
-    matches it again (docs/results/2026-12-05-reference-speeds.md). A render's chunk starts
+    matches it again (docs/results/2026-12-04-reference-speeds.md). A render's chunk starts
     are given in the recording's own time (``t * speed``), so set lists and alignments
     stay in reference time. ``features`` are the recording's alone: stage 3 aligns against
     them."""
@@ -203,13 +204,15 @@ def add_items(cat: Catalog, encoder: Encoder, items: list[Item], *, batch: int =
     return summary
 
 
-def rebuild_reasons(stats: dict[str, Any], model_id: str | None = None) -> list[str]:
+def rebuild_reasons(stats: dict[str, Any], model_id: str | None = None,
+                    settings: CatalogSettings | None = None) -> list[str]:
     """Why ``catalog reembed`` would rebuild a catalog with these ``Catalog.stats()``: another
-    model, another reference hop than ``catalog.reference_hop_seconds``, or references
-    without stored features. Empty when it is current."""
+    model, another reference hop than ``catalog.reference_hop_seconds``, other speed renders
+    than ``catalog.reference_speeds``, or references without stored features (``settings``:
+    default the process's). Empty when it is current."""
     from streamcover.config import get_settings
 
-    cs = get_settings().catalog
+    cs = settings if settings is not None else get_settings().catalog
     want = cs.reference_hop_seconds
     want_speeds = tuple(cs.reference_speeds)
     reasons = []

@@ -80,6 +80,20 @@ class Engine:
         return float(self.frontend.sample_rate) / float(self.frontend.frames_per_second)
 
 
+def warn_if_catalog_stale(settings: Settings, model_id: str) -> None:
+    """Log why the catalog no longer matches the settings (another reference hop, other speed
+    renders, no stored features): the calibrated thresholds assume a current one."""
+    from streamcover.catalog.ingest import rebuild_reasons
+    from streamcover.catalog.store import Catalog
+
+    with Catalog.open(settings.catalog.path, "r") as cat:
+        reasons = rebuild_reasons(cat.stats(), model_id, settings.catalog)
+    if reasons:
+        log.warning("catalog_needs_reembed", catalog=str(settings.catalog.path), reasons=reasons,
+                    detail="the calibrated thresholds assume a catalog built with the current "
+                           "settings: run `streamcover catalog reembed`")
+
+
 def build_engine(settings: Settings, encoder: Any | None = None, trained: bool = True, *,
                  allow_untrained: bool = False) -> Engine:
     """The real engine: front end from the settings, the encoder, the catalog's searcher.
@@ -116,6 +130,7 @@ def build_engine(settings: Settings, encoder: Any | None = None, trained: bool =
     if searcher.verifier is not None:
         # Compiles the alignment kernel now, so the first window does not pay for it (~3 s).
         searcher.verifier.warm_up()
+    warn_if_catalog_stale(settings, encoder.model_id)
     if searcher.verifier is not None and searcher.view.feature_fps is None:
         log.warning(
             "catalog_without_features",

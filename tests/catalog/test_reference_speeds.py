@@ -103,6 +103,17 @@ def test_catalog_at_other_speeds_is_refused_and_rebuilt(
         stats = json.loads(out)
         assert stats["reference_speeds"] == []
         assert any("speeds none" in r and "0.94, 1.06" in r for r in stats["needs_reembed"])
+        # The monitor says so at start-up (the calibrated thresholds assume renders).
+        from structlog.testing import capture_logs
+
+        from streamcover.monitor.engine import warn_if_catalog_stale
+
+        settings = get_settings().model_copy(update={"catalog": get_settings().catalog.model_copy(
+            update={"path": Path(cat)})})
+        with capture_logs() as logs:
+            warn_if_catalog_stale(settings, "tiny-speeds")
+        assert [e["event"] for e in logs] == ["catalog_needs_reembed"]
+        assert any("0.94, 1.06" in r for r in logs[0]["reasons"])
         rc, _, err = cli("catalog", "--catalog", cat, "add", str(tmp_path / "song1.wav"),
                          "--model", str(model), "--no-progress")
         assert rc == 2 and "reembed" in err and "0.94, 1.06" in err
@@ -114,6 +125,9 @@ def test_catalog_at_other_speeds_is_refused_and_rebuilt(
             assert stats["references"] == 1 and stats["chunks"] > 2.5 * plain_chunks
         rc, out, _ = cli("catalog", "--catalog", cat, "stats", "--json")
         assert json.loads(out)["needs_reembed"] == []
+        with capture_logs() as logs:
+            warn_if_catalog_stale(settings, "tiny-speeds")
+        assert logs == []
         assert cli("catalog", "--catalog", cat, "add", str(tmp_path / "song1.wav"), "--model",
                    str(model), "--no-progress")[0] == 0
     finally:

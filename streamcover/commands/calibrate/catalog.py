@@ -6,9 +6,9 @@ Speed renders (``catalog.reference_speeds``) of the Debian recordings are render
 audio, as ``catalog add`` does. The cover sets hold features only, so their references have
 none: a render cannot be made from chroma (rolling it a bin and resampling it in time gives
 what the encoder already sees in the original, which is transposition invariant, while an
-audio render's chunks score only 0.35-0.63 MaxMean against the original's). Unrelated
+audio render's chunks score only 0.34-0.61 MaxMean against the original's). Unrelated
 streams therefore meet fewer reference chunks here than in a catalog where every reference
-has renders (docs/results/2026-12-05-reference-speeds.md splits their scores by the kind of
+has renders (docs/results/2026-12-04-reference-speeds.md splits their scores by the kind of
 reference they hit)."""
 
 from __future__ import annotations
