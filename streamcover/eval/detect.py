@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from streamcover.audio.chunking import chunk_features
 from streamcover.catalog.search import TwoStageSearcher
 from streamcover.catalog.view import Stage1Memo
 from streamcover.config import AudioSettings, MatchSettings
+from streamcover.events import SourceKind
 from streamcover.match.decision import Decision, StreamMatcher
 
 # Length classes of the query streams ("full" = the whole recording).
@@ -116,39 +117,69 @@ def accepts_query_features(searcher: TwoStageSearcher) -> bool:
     return "query_features" in inspect.signature(searcher.search).parameters
 
 
+@dataclass
+class WindowStep:
+    """One step of the monitor's loop over a stream: a window's query and its search hits
+    (``hits`` None: the end of the stream), and the decisions the matcher made on them."""
+
+    index: int
+    start: float
+    end: float
+    query: list[int]  # the matcher's query chunk indices (the live horizon, or the upload's)
+    query_starts: list[float]
+    hits: list[Any] | None
+    decisions: list[Decision]
+
+
+def monitor_windows(stream_id: str, source: SourceKind, features: np.ndarray, fps: float,
+                    embed: Any, searcher: TwoStageSearcher, audio: AudioSettings,
+                    match: MatchSettings, top_n: int = 10) -> Iterator[WindowStep]:
+    """The monitor's per-window loop over one stream (module docstring), for uploads and
+    live streams alike: the query of each window is the matcher's own
+    (:meth:`StreamMatcher.query_indices`: the live horizon, or the upload's accumulated
+    chunks), searched with the stream's :class:`Stage1Memo`; stage 3 gets the features
+    only for uploads, as the monitor gives them (``monitor/stream.py`` ``query_cap``).
+    ``embed`` maps chunks [N, bins, T] to unit vectors [N, D]. The last step is the end of
+    the stream (``hits`` None, the matcher's ``finish``)."""
+    seconds = features.shape[1] / fps
+    chunks, starts = chunk_features(features, fps, audio.window_seconds, audio.hop_seconds,
+                                    audio.min_clip_seconds)
+    matcher = StreamMatcher(stream_id, source, match, audio.window_seconds, audio.hop_seconds)
+    if chunks.shape[0]:
+        vectors = np.asarray(embed(chunks), dtype=np.float32)
+        memo = Stage1Memo()
+        with_feats = source == "upload" and accepts_query_features(searcher)
+        frame_start = np.rint(starts * fps).astype(np.int64)
+        for k in range(chunks.shape[0]):
+            start = float(starts[k])
+            end = start + chunks.shape[2] / fps
+            matcher.add_chunk(k, start, end)
+            q = matcher.query_indices()
+            kw: dict[str, Any] = {"chunk_ids": list(q), "memo": memo, "top_n": top_n}
+            if with_feats:
+                lo = int(frame_start[q[0]])
+                hi = int(frame_start[k]) + chunks.shape[2]
+                kw["query_features"] = np.ascontiguousarray(features[:, lo:hi], dtype=np.float32)
+            hits = searcher.search(vectors[q], starts[q], **kw)
+            yield WindowStep(k, start, end, list(q), [float(starts[i]) for i in q], hits,
+                             matcher.on_window(k, start, end, hits))
+    n = chunks.shape[0]
+    yield WindowStep(n, seconds, seconds, [], [], None, matcher.finish(seconds))
+
+
 def run_stream(stream: QueryStream, embed: Any, searcher: TwoStageSearcher,
                audio: AudioSettings, match: MatchSettings, top_n: int = 10) -> StreamResult:
-    """The monitor's per-window loop over one upload (module docstring); ``embed`` maps
-    chunks [N, bins, T] (or a list of [bins, T_i]) to unit vectors [N, D]."""
-    chunks, starts = chunk_features(stream.features, stream.fps, audio.window_seconds,
-                                    audio.hop_seconds, audio.min_clip_seconds)
+    """The monitor's per-window loop over one upload (:func:`monitor_windows`), recorded."""
     res = StreamResult(stream.stream_id, stream.kind, stream.subset, stream.length,
                        stream.true_ref, stream.seconds)
-    matcher = StreamMatcher(stream.stream_id, "upload", match, audio.window_seconds, audio.hop_seconds)
-    if chunks.shape[0] == 0:
-        res.events.extend(_events(matcher.finish(stream.seconds)))
-        return res
-    vectors = np.asarray(embed(chunks), dtype=np.float32)
-    memo = Stage1Memo()
-    with_feats = accepts_query_features(searcher)
-    frame_start = np.rint(starts * stream.fps).astype(np.int64)
-    for k in range(chunks.shape[0]):
-        start = float(starts[k])
-        end = start + chunks.shape[2] / stream.fps
-        matcher.add_chunk(k, start, end)
-        q = matcher.query_indices()
-        kw: dict[str, Any] = {"chunk_ids": list(q), "memo": memo, "top_n": top_n}
-        if with_feats:
-            lo = int(frame_start[q[0]])
-            hi = int(frame_start[k]) + chunks.shape[2]
-            kw["query_features"] = np.ascontiguousarray(stream.features[:, lo:hi], dtype=np.float32)
-        hits = searcher.search(vectors[q], starts[q], **kw)
-        res.used.append(len(q))
-        res.top.append([(h.reference_id, float(h.score)) for h in hits])
-        res.true_score.append(next((float(h.score) for h in hits if h.reference_id == stream.true_ref),
-                                   math.nan))
-        res.events.extend(_events(matcher.on_window(k, start, end, hits)))
-    res.events.extend(_events(matcher.finish(stream.seconds)))
+    for step in monitor_windows(stream.stream_id, "upload", stream.features, stream.fps, embed,
+                                searcher, audio, match, top_n):
+        if step.hits is not None:
+            res.used.append(len(step.query))
+            res.top.append([(h.reference_id, float(h.score)) for h in step.hits])
+            res.true_score.append(next((float(h.score) for h in step.hits
+                                        if h.reference_id == stream.true_ref), math.nan))
+        res.events.extend(_events(step.decisions))
     return res
 
 
@@ -157,8 +188,9 @@ def _events(decisions: Iterable[Decision]) -> list[tuple[str, str | None, float]
 
 
 @dataclass(frozen=True)
-class _LightHit:
-    """A recorded hit for :func:`replay_events` (upload decisions do not use the alignment)."""
+class RecordedHit:
+    """A recorded hit, for :func:`replay` (upload decisions do not use the alignment; live
+    ones do: ``(query_start_s, ref_chunk_start_s, sim)`` per query chunk)."""
 
     reference_id: str
     score: float
@@ -169,14 +201,22 @@ class _LightHit:
 def replay_events(r: StreamResult, match: MatchSettings, audio: AudioSettings) -> list[Decision]:
     """The real :class:`StreamMatcher` run again over a stream's recorded hits, at other
     match settings: the check of an operating point chosen by the sweep."""
-    m = StreamMatcher(r.stream_id, "upload", match, audio.window_seconds, audio.hop_seconds)
+    windows = [(k * audio.hop_seconds, k * audio.hop_seconds + audio.window_seconds,
+                [RecordedHit(ref, s) for ref, s in top]) for k, top in enumerate(r.top)]
+    return replay(r.stream_id, "upload", windows, r.seconds, match, audio)
+
+
+def replay(stream_id: str, source: SourceKind,
+           windows: Sequence[tuple[float, float, Sequence[Any]]], seconds: float,
+           match: MatchSettings, audio: AudioSettings) -> list[Decision]:
+    """A fresh :class:`StreamMatcher` over recorded windows ``(start, end, hits)``, then its
+    end of stream at ``seconds``: every decision it makes."""
+    m = StreamMatcher(stream_id, source, match, audio.window_seconds, audio.hop_seconds)
     out: list[Decision] = []
-    for k, top in enumerate(r.top):
-        start = k * audio.hop_seconds
-        m.add_chunk(k, start, start + audio.window_seconds)
-        out.extend(m.on_window(k, start, start + audio.window_seconds,
-                               [_LightHit(ref, s) for ref, s in top]))
-    out.extend(m.finish(r.seconds))
+    for k, (start, end, hits) in enumerate(windows):
+        m.add_chunk(k, start, end)
+        out.extend(m.on_window(k, start, end, hits))
+    out.extend(m.finish(seconds))
     return out
 
 

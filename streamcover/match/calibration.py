@@ -9,6 +9,11 @@ false alarms says, never more or less), monotone, and floored: above the highest
 negative reached, nothing was measured, so the rate is reported as the bound
 ``< 1 / hours`` (:meth:`Calibration.false_alarms_per_hour` returns that bound, and
 :meth:`Calibration.at_floor` says it is one).
+
+Live set lists are calibrated apart (``streamcover calibrate --live``), on their own score
+(the MaxMean of a segment's chunks): the file's ``live`` section holds that curve (false
+segments opened per hour of unrelated live audio, at each live threshold), loaded as
+:attr:`Calibration.live`. Files without it load as before, with ``live`` None.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ class Calibration:
     stage3: bool | None = None
     # The curve of one-chunk queries (an upload's first window), when measured apart.
     one_chunk: Calibration | None = None
+    # The live set-list curve (segment score -> false segments per stream-hour), if measured;
+    # its ``threshold`` is the live threshold of its operating point.
+    live: Calibration | None = None
 
     def __post_init__(self) -> None:
         s, f = self.scores, self.fa_per_hour
@@ -71,6 +79,11 @@ class Calibration:
     def for_chunks(self, chunks_used: int) -> Calibration:
         """The curve that applies to a decision made on ``chunks_used`` query chunks."""
         return self.one_chunk if chunks_used == 1 and self.one_chunk is not None else self
+
+    def for_decision(self, source: str, chunks_used: int) -> Calibration | None:
+        """The curve for a decision of a stream of ``source`` ("upload" or "live"); None for
+        live decisions when no live curve was measured."""
+        return self.live if source == "live" else self.for_chunks(chunks_used)
 
     def false_alarms_per_hour(self, score: float) -> float:
         """False alarms per stream-hour at ``score``; ``floor`` where none was measured."""
@@ -108,6 +121,7 @@ class Calibration:
                     scores=np.asarray(one["score"], np.float64),
                     fa_per_hour=np.asarray(one["fa_per_hour"], np.float64),
                     negative_hours=float(doc["data"]["negative_hours"])),
+                live=_live(doc),
             )
         except (KeyError, TypeError) as exc:
             raise CalibrationError(f"calibration document lacks {exc}") from exc
@@ -123,6 +137,23 @@ class Calibration:
         if model_id is not None and cal.model_id != model_id:
             raise CalibrationError(f"calibration {path} is for model {cal.model_id!r}, not {model_id!r}")
         return cal
+
+
+def _live(doc: dict[str, Any]) -> Calibration | None:
+    """The live section's curve (None: not measured, or measured without reaching a point)."""
+    live = doc.get("live")
+    if not live or not (live.get("curve") or {}).get("score"):
+        return None
+    if live.get("model_id", doc["model_id"]) != doc["model_id"]:
+        raise CalibrationError(f"the live calibration is for model {live['model_id']!r}, "
+                               f"not {doc['model_id']!r}")
+    op = live.get("operating_point") or {}
+    return Calibration(
+        model_id=str(doc["model_id"]),
+        scores=np.asarray(live["curve"]["score"], np.float64),
+        fa_per_hour=np.asarray(live["curve"]["fa_per_hour"], np.float64),
+        negative_hours=float(live["data"]["negative_hours"]),
+        threshold=None if op.get("live_threshold") is None else float(op["live_threshold"]))
 
 
 def curve_points(negative_best: Sequence[float], negative_hours: float,

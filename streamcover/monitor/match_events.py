@@ -23,8 +23,9 @@ def match_event(d: Decision, closed_at: float | None, engine: Engine, match: Mat
     live = d.source == "live"
     fa, floor = None, False
     cal = engine.calibration
-    if cal is not None and not live and d.reference_id is not None:
-        curve = cal.for_chunks(d.chunks_used)
+    # Live decisions take the live curve (MaxMean of the segment's chunks), when measured.
+    curve = cal.for_decision(d.source, d.chunks_used) if cal is not None else None
+    if curve is not None and d.reference_id is not None and math.isfinite(d.score):
         fa, floor = curve.false_alarms_per_hour(d.score), curve.at_floor(d.score)
     return MatchEvent(
         event_id=d.event_id, kind=d.kind, stream_id=d.stream_id, source=d.source,

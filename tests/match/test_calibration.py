@@ -101,3 +101,41 @@ def test_scores_equal_at_the_files_precision_are_one_point() -> None:
     s, f = curve_points([0.0106, 0.0106 + 1e-12, 0.5], 2.0)
     assert np.all(np.diff(s) > 0) and np.all(np.round(s, 5) == s)
     assert list(f) == [1.5, 1.5, 0.5, 0.0]
+
+
+def _doc(live: dict | None = None) -> dict:
+    s, f = curve_points(BEST, HOURS)
+    doc = {"format": CALIBRATION_FORMAT, "model_id": "m", "data": {"negative_hours": HOURS},
+           "curve": {"score": s.tolist(), "fa_per_hour": f.tolist()},
+           "operating_point": {"threshold": 0.42, "release_threshold": 0.336}}
+    if live is not None:
+        doc["live"] = live
+    return doc
+
+
+LIVE = {"model_id": "m", "data": {"negative_hours": 10.0},
+        "curve": {"chunk_threshold": 0.56, "score": [0.60, 0.70, 0.80, 1.0],
+                  "fa_per_hour": [0.5, 0.2, 0.0, 0.0]},
+        "operating_point": {"live_threshold": 0.80, "chunk_threshold": 0.56}}
+
+
+def test_live_curve_is_loaded_and_used_for_live_decisions() -> None:
+    cal = Calibration.from_dict(_doc(LIVE))
+    assert cal.live is not None and cal.live.threshold == 0.80
+    assert cal.live.floor == pytest.approx(0.1)
+    assert cal.for_decision("live", 3) is cal.live
+    assert cal.for_decision("upload", 3) is cal
+    assert cal.live.false_alarms_per_hour(0.65) == pytest.approx(0.2)  # the next measured point up
+    assert cal.live.false_alarms_per_hour(0.55) == pytest.approx(0.5)
+    assert cal.live.at_floor(0.85) and cal.live.false_alarms_per_hour(0.85) == pytest.approx(0.1)
+    # the upload curve is untouched by the live section
+    assert cal.false_alarms_per_hour(0.3) == pytest.approx(Calibration.from_dict(_doc()).false_alarms_per_hour(0.3))
+
+
+def test_files_without_a_live_curve_load_as_before() -> None:
+    assert Calibration.from_dict(_doc()).live is None
+    assert Calibration.from_dict(_doc()).for_decision("live", 2) is None
+    not_reached = {**LIVE, "curve": {}, "operating_point": {"reached": False}}
+    assert Calibration.from_dict(_doc(not_reached)).live is None
+    with pytest.raises(CalibrationError, match="live calibration is for model"):
+        Calibration.from_dict(_doc({**LIVE, "model_id": "other"}))

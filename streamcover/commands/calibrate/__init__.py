@@ -2,6 +2,7 @@
 
     streamcover calibrate                       # everything: data, catalog, streams, sweep, files
     streamcover calibrate --records runs.json.gz --no-write   # re-sweep recorded streams only
+    streamcover calibrate --live                # the live set-list protocol: the "live" section
 
 Builds (once, cached under ``~/.cache/streamcover/calibration``) a catalog of the positive
 Debian packages' recordings plus one version of every SHS held-out and custom-set work,
@@ -12,6 +13,16 @@ monitor's search and upload decisions (``streamcover.eval.detect``), and writes:
   stream-hour curve, the operating point, recall per class, the data and the model id;
 * ``--plot`` (default ``models/<model>-det.png``): the DET curves;
 * ``--records``: every stream's per-window scores, so a later sweep needs no search.
+
+``--live`` runs the live protocol instead (``streamcover.eval.detect_live``): unrelated music
+played back to back as live streams, each recording without its leading and trailing digital
+silence (every set-list segment opened on it is a false alarm), and live sets of 60-180 s
+re-uploaded pieces of the catalogued recordings, through the same search and the live
+``StreamMatcher``; it sweeps ``match.live_threshold`` and
+``match.chunk_threshold`` by replaying the matcher over the recorded windows and writes only
+the ``live`` section of ``--out`` (segment score -> false alarms per stream-hour, the
+operating point, piece recall), keeping every other key. An upload run keeps the file's
+``live`` section.
 """
 
 # The docstring above is the command's --help. The work is split by what it is: .data (the
@@ -23,7 +34,6 @@ monitor's search and upload decisions (``streamcover.eval.detect``), and writes:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from streamcover.commands.calibrate.cache import RECIPE, FeatureCache, digest
+from streamcover.commands.calibrate.calfile import keep_live, read_doc, write_doc
 from streamcover.commands.calibrate.catalog import build_catalog
 from streamcover.commands.calibrate.data import Data, load_data
 from streamcover.commands.calibrate.records import read_records, write_records
@@ -65,6 +76,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=int, default=20261203)
     p.add_argument("--no-write", action="store_true", help="print the figures, write no calibration/plot")
     p.add_argument("--no-progress", action="store_true")
+    from streamcover.commands.calibrate.live import add_live_arguments
+
+    add_live_arguments(p)
     p.set_defaults(handler=_calibrate)
 
 
@@ -106,6 +120,14 @@ def _calibrate(args: argparse.Namespace) -> int:
         model_path = PROJECT_ROOT / model_path
     encoder = cli_encoder(model_path)
     cache_root = args.cache or default_cache_dir() / "calibration"
+    if args.live:
+        from streamcover.commands.calibrate.live import calibrate_live
+
+        with _progress(args.no_progress) as progress:
+            try:
+                return calibrate_live(args, settings, encoder, model_path, cache_root, progress)
+            except (DataError, FileNotFoundError, ValueError) as exc:
+                raise CliError(str(exc)) from exc
     # Recorded hits depend on everything that scores a window: key the default file on it.
     scoring = digest(RECIPE, "negative-clips", settings.frontend.model_dump(), encoder.model_id,
                      settings.catalog.reference_hop_seconds,
@@ -208,7 +230,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     out = args.out or default_path(model_path)
     plot = args.plot or model_path.with_name(model_path.stem + "-det.png")
     if not args.no_write:
-        out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        write_doc(out, keep_live(read_doc(out), doc))  # the live section is --live's
         plot_det(plot, sw, op_doc, f"{meta['model_id']} — {sw.negative_hours:.1f} h of unrelated music")
     print_report(doc, sw, time.perf_counter() - t0, None if args.no_write else (out, plot), records)
     return 0 if point is not None else 1

@@ -139,3 +139,36 @@ def print_report(doc: dict[str, Any], sw: Sweep, seconds: float,
     if written:
         con.print(f"wrote {written[0]} and {written[1]}")
     con.print(f"records: {records}; {seconds:.0f} s in all")
+
+
+def print_live_report(live: Mapping[str, Any], rows: Sequence[Any], seconds: float,
+                      written: Path | None, records: Path) -> None:
+    """The live protocol's figures on stdout: the data, the sweep rows (``LiveCell``s: at
+    the chosen chunk threshold, ``*`` the operating point), the point and what was written."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    d = live["data"]
+    con.print(f"model {live['model_id']}; negatives: {d['negative_streams']} live streams, "
+              f"{d['negative_hours']:.2f} h; sets: {d['sets']}, {d['set_hours']:.2f} h, "
+              f"{d['pieces']} pieces ({d['piece_seconds']}), {d['interludes']} interludes")
+    op = live["operating_point"]
+    table = Table(title="live: false alarms per stream-hour and piece recall by threshold",
+                  caption="false alarms: segments opened on unrelated music; * the operating point")
+    for col in ("live/chunk", "FA", "FA/h", "recall", "wrong", "bound. s"):
+        table.add_column(col, no_wrap=True)
+    for c in rows:
+        mark = "* " if op.get("reached") and abs(c.live_threshold - op["live_threshold"]) < 1e-9 \
+            and abs(c.chunk_threshold - op["chunk_threshold"]) < 1e-9 else ""
+        r = c.as_dict()
+        table.add_row(f"{mark}{c.live_threshold:.3f} / {c.chunk_threshold:.3f}", str(r["false_alarms"]),
+                      f"{r['fa_per_hour']:.3f}", f"{r['recall']:.3f} ({r['found']}/{r['pieces']})",
+                      str(r["wrong_segments"]), "-" if r["boundary_error_s"] is None else f"{r['boundary_error_s']:.1f}")
+    con.print(table)
+    con.print(f"at the run's thresholds: {live['at_run_thresholds']}")
+    con.print(f"operating point: {op}")
+    con.print(f"levers: {live.get('levers')}")
+    if written:
+        con.print(f"wrote the live section of {written}")
+    con.print(f"records: {records}; {seconds:.0f} s in all (sweep {live['sweep_seconds']} s)")
