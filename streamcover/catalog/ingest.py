@@ -104,10 +104,27 @@ def read_manifest(path: Path, max_extra_bytes: int | None = None) -> list[Item]:
     return items
 
 
+def embed_reference_features(encoder: Encoder, feat: np.ndarray, *,
+                             hop_seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk vectors and start times of a reference's front-end features [bins, T] at
+    ``hop_seconds``, without its mostly silent chunks (:func:`~streamcover.audio.chunking.silent_chunks`:
+    the silent stretch of any stream would match them exactly)."""
+    import numpy as np
+
+    from streamcover.audio.chunking import chunk_features, silent_chunks
+
+    a = encoder.settings.audio
+    chunks, starts = chunk_features(feat, encoder.frontend.frames_per_second, a.window_seconds,
+                                    hop_seconds, a.min_clip_seconds)
+    keep = ~silent_chunks(chunks)
+    return encoder.embed_chunks(chunks[keep]), np.asarray(starts, dtype=np.float64)[keep]
+
+
 def embed_reference(encoder: Encoder, wave: np.ndarray, *, hop_seconds: float,
                     speeds: Iterable[float] = ()) -> Embedding:
     """A reference's chunks: those of the recording at ``hop_seconds``, then those of renders
-    played at each of ``speeds`` (``catalog.reference_speeds``), all as one reference.
+    played at each of ``speeds`` (``catalog.reference_speeds``), all as one reference;
+    mostly silent chunks are left out (:func:`embed_reference_features`).
 
     A re-upload sped up or slowed down by a few per cent moves its bass notes between the
     front end's frequency bins, which the tuning fold cannot undo; a render at that speed
@@ -121,14 +138,16 @@ def embed_reference(encoder: Encoder, wave: np.ndarray, *, hop_seconds: float,
     from streamcover.model.inference import Embedding
 
     fe = encoder.frontend
-    base = encoder.embed_features(fe.features(wave), hop_seconds=hop_seconds)
-    vectors, starts = [base.vectors], [base.starts]
+    feat = fe.features(wave)
+    base_vectors, base_starts = embed_reference_features(encoder, feat, hop_seconds=hop_seconds)
+    vectors, starts = [base_vectors], [base_starts]
     for speed in speeds:
-        emb = encoder.embed_features(fe.features(change_speed(wave, speed)), hop_seconds=hop_seconds)
-        vectors.append(emb.vectors)
-        starts.append(np.asarray(emb.starts, dtype=np.float64) * speed)
+        v, s = embed_reference_features(encoder, fe.features(change_speed(wave, speed)),
+                                        hop_seconds=hop_seconds)
+        vectors.append(v)
+        starts.append(s * speed)
     return Embedding(np.concatenate(vectors), np.concatenate(starts),
-                     duration_s=len(wave) / fe.sample_rate, features=base.features)
+                     duration_s=len(wave) / fe.sample_rate, features=feat)
 
 
 @dataclass
@@ -182,7 +201,8 @@ def add_items(cat: Catalog, encoder: Encoder, items: list[Item], *, batch: int =
                 emb = embed_reference(encoder, wave, hop_seconds=hop, speeds=speeds)
                 if len(emb) == 0:
                     raise ValueError(
-                        f"{item.path}: shorter than the minimum clip length, nothing to embed"
+                        f"{item.path}: shorter than the minimum clip length or silent, "
+                        "nothing to embed"
                     )
                 pending.append(ReferenceInput(
                     id=ref_id, vectors=emb.vectors, starts=emb.starts,

@@ -318,10 +318,11 @@ def _detects(one: float, many: float, t1: float, t2: float) -> bool:
 
 
 def two_point(results: Sequence[StreamResult], thresholds: np.ndarray,
-              target_fa_per_hour: float) -> TwoPoint:
+              target_fa_per_hour: float, floor: tuple[float, float] = (-1.0, -1.0)) -> TwoPoint:
     """The lowest threshold for queries of two chunks or more whose negatives stay within
     the target on their own, then the lowest one-chunk threshold that keeps the pair within
-    it. Raises ValueError when no pair on the grid does."""
+    it; neither below ``floor`` (one-chunk, two or more: a margin the caller measured for
+    what the recorded catalog lacks). Raises ValueError when no pair on the grid does."""
     neg = [r for r in results if r.kind == "negative"]
     hours = sum(r.seconds for r in neg) / 3600.0
     if hours <= 0:
@@ -330,11 +331,12 @@ def two_point(results: Sequence[StreamResult], thresholds: np.ndarray,
     many = np.array([r.best_false(2) for r in neg])
     allowed = target_fa_per_hour * hours + 1e-9
     thr = np.asarray(thresholds, np.float64)
-    t2s = [t for t in thr if (many >= t).sum() <= allowed]
+    t2s = [t for t in thr if t >= floor[1] - 1e-9 and (many >= t).sum() <= allowed]
     if not t2s:
         raise ValueError(f"no threshold on the grid reaches {target_fa_per_hour} false alarms/h")
     t2 = float(t2s[0])
-    t1s = [t for t in thr if sum(_detects(a, b, t, t2) for a, b in zip(one, many, strict=True)) <= allowed]
+    t1s = [t for t in thr if t >= floor[0] - 1e-9
+           and sum(_detects(a, b, t, t2) for a, b in zip(one, many, strict=True)) <= allowed]
     if not t1s:
         raise ValueError(f"no one-chunk threshold reaches {target_fa_per_hour} false alarms/h")
     t1 = float(t1s[0])

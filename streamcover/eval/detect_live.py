@@ -297,17 +297,6 @@ def live_curve(cells: Sequence[LiveCell], chunk_threshold: float) -> tuple[np.nd
 # ---------------------------------------------------------------------------- stream plans
 
 
-def trim_silence(features: np.ndarray) -> tuple[np.ndarray, int]:
-    """A recording as played in a live stream: without its leading and trailing digital
-    silence (frames whose features are all zero), and how many frames that took off. A
-    silent chunk embeds like every other silent chunk, also a reference's, at similarity 1."""
-    sounding = np.flatnonzero(np.any(features != 0, axis=0))
-    if sounding.size == 0:
-        return features[:, :0], features.shape[1]
-    a, b = int(sounding[0]), int(sounding[-1]) + 1
-    return features[:, a:b], features.shape[1] - (b - a)
-
-
 def pack(durations: Sequence[float], target_s: float) -> list[list[int]]:
     """Consecutive items grouped into streams of at least ``target_s`` seconds (the last
     stream takes what is left)."""

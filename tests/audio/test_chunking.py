@@ -111,3 +111,18 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         ChunkGeometry.make(HPCP_FPS, window_s=10, hop_s=20)
 
+
+
+def test_silent_chunks_are_those_mostly_digital_silence() -> None:
+    from streamcover.audio.chunking import silent_chunks
+
+    rng = np.random.default_rng(0)
+    chunks = rng.uniform(0.1, 1.0, (4, 12, 43)).astype(np.float32)
+    chunks[1] = 0.0  # all silent
+    chunks[2, :, :22] = 0.0  # 22 of 43 frames silent: over half
+    chunks[3, :, :21] = 0.0  # 21 of 43: under half
+    chunks[0, :6, :] = 0.0  # some bins silent in every frame is not silence
+    assert silent_chunks(chunks).tolist() == [False, True, True, False]
+    assert silent_chunks(np.zeros((0, 12, 43), np.float32)).tolist() == []
+    with pytest.raises(ValueError, match="chunks"):
+        silent_chunks(np.zeros((12, 43), np.float32))

@@ -58,6 +58,27 @@ def test_speed_renders_match_a_sped_up_reupload(debian_music: list[Path]) -> Non
         assert before < 0.5 and after > 0.9
 
 
+@pytest.mark.slow
+def test_silence_in_a_reference_is_not_stored(debian_music: list[Path]) -> None:
+    """A reference that ends in digital silence stores no chunk of it: otherwise the silent
+    stretch of any stream would match those chunks exactly."""
+    from streamcover.model.loading import load_encoder
+
+    encoder, _ = load_encoder(get_settings())
+    fe = encoder.frontend
+    track = next(p for p in debian_music if p.name == "track18.opus")
+    music = load_audio(track, fe.sample_rate)[: 60 * fe.sample_rate]
+    wave = np.concatenate([music, np.zeros(60 * fe.sample_rate, np.float32)])
+    emb = embed_reference(encoder, wave, hop_seconds=5.0, speeds=(0.94, 1.06))
+    # Chunks are 20 s: a kept one starts before 50 s (at most half of it silence) in every render.
+    assert len(emb) > 0 and float(emb.starts.max()) < 50.0 + 1.0
+    silent = encoder.embed_features(fe.features(np.zeros(30 * fe.sample_rate, np.float32))).vectors
+    assert len(silent) == 2
+    best = float((silent @ emb.vectors.T).max())
+    print(f"silent query chunk, best similarity to the reference: {best:.3f}")
+    assert best < 0.6
+
+
 def test_catalog_at_other_speeds_is_refused_and_rebuilt(
     tmp_path: Path, speeds_env: Callable[[str], None], capsys: pytest.CaptureFixture[str]
 ) -> None:

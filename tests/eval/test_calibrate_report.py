@@ -60,7 +60,7 @@ def calibrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     close = plt.close
     monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
     out, plot = tmp_path / "cal.json", tmp_path / "det.png"
-    args = build_parser().parse_args(["calibrate", "--records", str(records), "--out", str(out),
+    args = build_parser().parse_args(["calibrate", "--records", str(records), "--out", str(out), "--floor", "0,0",
                                       "--plot", str(plot), "--no-progress"])
     threads = torch.get_num_threads()
     try:

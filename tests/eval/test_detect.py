@@ -21,6 +21,7 @@ from streamcover.eval.detect import (
     replay_events,
     run_stream,
     sweep,
+    two_point,
     verify,
 )
 from streamcover.eval.detect_data import (
@@ -175,6 +176,24 @@ def test_sweep_and_replay_agree() -> None:
     m = get_settings().match.model_copy(update={"threshold": 0.7, "release_threshold": 0.56})
     kinds = [(d.kind, d.reference_id) for d in replay_events(results[0], m, audio)]
     assert ("match", "a") in kinds and kinds[-1][0] == "final"
+
+
+def test_two_point_takes_the_lowest_pair_within_the_target_and_above_the_floor() -> None:
+    results = [
+        _result("reupload", "a", [[("a", 0.96)], [("a", 0.66)]]),
+        _result("reupload", "c", [[("c", 0.5)], [("c", 0.63)]]),
+        # One negative hour: one false alarm allowed at 1/h. From two chunks on the best
+        # wrong scores are 0.61 and 0.58; at one chunk 0.95 and 0.9.
+        _result("negative", None, [[("a", 0.95)], [("b", 0.61)]], seconds=1800.0),
+        _result("negative", None, [[("c", 0.9)], [("a", 0.58)]], seconds=1800.0),
+    ]
+    thr = np.round(np.arange(0.5, 1.0001, 0.01), 4)
+    low = two_point(results, thr, 1.0)
+    assert (low.one_chunk, low.many) == (0.91, 0.59) and low.false_alarms == 1
+    assert low.recall["reupload/full"] == 1.0
+    high = two_point(results, thr, 1.0, floor=(0.97, 0.65))
+    assert (high.one_chunk, high.many) == (0.97, 0.65) and high.false_alarms == 0
+    assert high.recall["reupload/full"] == 0.5  # "a" at 0.66 still passes, "c" at 0.63 not
 
 
 # ---------------------------------------------------------------------------- the protocol

@@ -188,14 +188,3 @@ def test_window_round_trip_keeps_missing_similarities() -> None:
                    [LiveWindow(0.0, 20.0, 1, [("a", 0.8, [5.0], [math.nan])])], [])
     back = LiveResult.from_json(r.to_json())
     assert math.isnan(back.windows[0].hits[0][3][0]) and back.pieces == r.pieces
-
-
-def test_trim_silence_cuts_only_the_ends() -> None:
-    from streamcover.eval.detect_live import trim_silence
-
-    f = np.zeros((12, 10), np.float32)
-    f[3, 2] = f[0, 5] = f[7, 7] = 1.0  # sound at frames 2, 5 and 7; 3-4 and 6 silent inside
-    out, cut = trim_silence(f)
-    assert out.shape == (12, 6) and cut == 4 and out[3, 0] == 1.0 and out[7, -1] == 1.0
-    empty, cut = trim_silence(np.zeros((12, 4), np.float32))
-    assert empty.shape == (12, 0) and cut == 4

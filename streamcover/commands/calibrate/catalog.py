@@ -13,12 +13,8 @@ reference they hit)."""
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from streamcover.commands.calibrate.cache import RECIPE, digest
 
@@ -34,52 +30,31 @@ def build_catalog(root: Path, encoder: Encoder, settings: Settings, data: Data, 
     from streamcover.audio.decode import load_audio
     from streamcover.catalog import store
     from streamcover.catalog.factory import IndexParams
+    from streamcover.catalog.ingest import embed_reference, embed_reference_features
     from streamcover.catalog.snapshot import build_snapshot
 
     cs = settings.catalog
-    hop = getattr(cs, "reference_hop_seconds", None)
-    speeds = tuple(getattr(cs, "reference_speeds", ()))
+    hop = cs.reference_hop_seconds
+    speeds = tuple(cs.reference_speeds)
     params = IndexParams.from_settings(cs)
     refs = [(r.ref_id, r.sha256) for r in data.positives] + [
         (rid, c.name) for c in data.covers for rid in c.ref_ids]
     key = digest(RECIPE, encoder.model_id, getattr(encoder.frontend, "params", None), hop,
-                  store.SCHEMA_VERSION,
-                  getattr(store, "FEATURE_FORMAT", None), params.build_key(),
-                  settings.audio.window_seconds, settings.audio.min_clip_seconds, refs,
-                  *([speeds] if speeds else []))
+                 store.SCHEMA_VERSION, store.FEATURE_FORMAT, params.build_key(),
+                 settings.audio.window_seconds, settings.audio.min_clip_seconds, refs,
+                 *([speeds] if speeds else []), "silent-chunks-dropped")
     path = root / f"catalog-{key}"
     if (path / ".complete").is_file():
         return path
-    add_kw = set(inspect.signature(store.Catalog.add_references).parameters)
-    has_feats = "features" in {f.name for f in dataclasses.fields(store.ReferenceInput)}
-    embed_kw: dict[str, Any] = {}
-    if "hop_seconds" in inspect.signature(encoder.embed_features).parameters and hop is not None:
-        embed_kw["hop_seconds"] = hop
     fe = encoder.frontend
+    fps = float(fe.frames_per_second)
     batch: list[store.ReferenceInput] = []
 
-    def flush(cat: store.Catalog, fps: float) -> None:
-        kw: dict[str, Any] = {}
-        if "reference_hop_s" in add_kw:
-            kw["reference_hop_s"] = hop
-        if speeds:
-            kw["reference_speeds"] = speeds
-        if "feature_fps" in add_kw and has_feats:
-            kw["feature_fps"] = fps
+    def flush(cat: store.Catalog) -> None:
         if batch:
-            cat.add_references(batch, encoder.model_id, **kw)
+            cat.add_references(batch, encoder.model_id, reference_hop_s=hop,
+                               reference_speeds=speeds, feature_fps=fps)
             batch.clear()
-
-    def ref(rid: str, feat: np.ndarray, wave: np.ndarray | None = None, **meta: Any) -> store.ReferenceInput:
-        if speeds and wave is not None and hop is not None:
-            from streamcover.catalog.ingest import embed_reference
-
-            emb = embed_reference(encoder, wave, hop_seconds=hop, speeds=speeds)
-        else:
-            emb = encoder.embed_features(feat, **embed_kw)
-        extra: dict[str, Any] = {"features": feat} if has_feats else {}
-        return store.ReferenceInput(id=rid, vectors=emb.vectors, starts=emb.starts,
-                                    duration=float(emb.duration_s), **meta, **extra)
 
     import shutil
 
@@ -87,22 +62,30 @@ def build_catalog(root: Path, encoder: Encoder, settings: Settings, data: Data, 
     with store.Catalog.open(path, "w", model_id=encoder.model_id) as cat:
         task = progress.add_task("catalog: debian", total=len(data.positives), note="")
         for r in data.positives:
-            wave = load_audio(r.path, fe.sample_rate)
-            feat = np.asarray(fe.features(wave), np.float32)
-            batch.append(ref(r.ref_id, feat, wave, title=r.path.stem, artist=r.package,
-                             content_hash=r.sha256, source_path=str(r.path)))
+            emb = embed_reference(encoder, load_audio(r.path, fe.sample_rate), hop_seconds=hop,
+                                  speeds=speeds)
+            batch.append(store.ReferenceInput(
+                id=r.ref_id, vectors=emb.vectors, starts=emb.starts, duration=emb.duration_s,
+                title=r.path.stem, artist=r.package, content_hash=r.sha256,
+                source_path=str(r.path), features=emb.features))
             if len(batch) >= 32:
-                flush(cat, float(fe.frames_per_second))
+                flush(cat)
             progress.advance(task)
-        flush(cat, float(fe.frames_per_second))
+        flush(cat)
         for c in data.covers:
             task = progress.add_task(f"catalog: {c.name}", total=len(c.ref_ids), note="")
             for rid, feat in zip(c.ref_ids, c.ref_features, strict=True):
-                batch.append(ref(rid, feat, title=rid, artist=c.name))
+                vectors, starts = embed_reference_features(encoder, feat, hop_seconds=hop)
+                if len(vectors) == 0:  # silent or too short: `catalog add` refuses it too
+                    progress.advance(task)
+                    continue
+                batch.append(store.ReferenceInput(
+                    id=rid, vectors=vectors, starts=starts, duration=feat.shape[1] / fps,
+                    title=rid, artist=c.name, features=feat))
                 if len(batch) >= 128:
-                    flush(cat, float(fe.frames_per_second))
+                    flush(cat)
                 progress.advance(task)
-            flush(cat, float(fe.frames_per_second))
+            flush(cat)
         build_snapshot(cat, params, incremental=False)
     (path / ".complete").write_text(key + "\n")
     return path

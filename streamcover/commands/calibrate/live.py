@@ -44,8 +44,6 @@ def add_live_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--live-set-pieces", type=int, default=8, help="pieces per live set")
     g.add_argument("--live-interludes", type=float, default=0.5,
                    help="chance of 20-60 s of uncatalogued music between two pieces")
-    g.add_argument("--live-keep-silence", action="store_true",
-                   help="play the negatives' leading and trailing digital silence too")
 
 
 def _scoring(settings: Settings, encoder: Encoder, args: argparse.Namespace) -> dict[str, Any]:
@@ -56,7 +54,8 @@ def _scoring(settings: Settings, encoder: Encoder, args: argparse.Namespace) -> 
             "score_rule": settings.catalog.score_rule, "top_n": TOP_N,
             "window_seconds": settings.audio.window_seconds, "hop_seconds": settings.audio.hop_seconds,
             "horizon_chunks": m.horizon_chunks, "change_margin": m.change_margin,
-            "change_patience_chunks": m.change_patience_chunks, "min_chunks": m.min_chunks}
+            "change_patience_chunks": m.change_patience_chunks, "min_chunks": m.min_chunks,
+            "catalog": "silent-chunks-dropped"}
 
 
 def _run(args: argparse.Namespace, settings: Settings, encoder: Encoder, cache_root: Path,
@@ -73,8 +72,7 @@ def _run(args: argparse.Namespace, settings: Settings, encoder: Encoder, cache_r
     results: list[LiveResult] = []
     t_search = time.perf_counter()
     task = progress.add_task("live: search", total=None, note="")
-    stats: dict[str, Any] = {}
-    for stream in make_live_streams(args, encoder, settings, data, cache, progress, stats):
+    for stream in make_live_streams(args, encoder, settings, data, cache, progress):
         results.append(run_live_stream(stream, encoder.embed_chunks, searcher, settings.audio,
                                        settings.match, TOP_N))
         progress.advance(task)
@@ -87,7 +85,7 @@ def _run(args: argparse.Namespace, settings: Settings, encoder: Encoder, cache_r
             "positive_packages": {p: lic[p] for p in sorted({r.package for r in data.positives})},
             "negative_packages": {p: lic[p] for p in sorted({r.package for r in data.negatives})},
             "catalog_references": len(data.positives) + sum(len(c.ref_ids) for c in data.covers),
-            "search_seconds": round(time.perf_counter() - t_search, 1), **stats}
+            "search_seconds": round(time.perf_counter() - t_search, 1)}
     return meta, results
 
 
@@ -98,7 +96,7 @@ def _data_doc(meta: dict[str, Any], results: list[LiveResult], args: argparse.Na
     pieces = [p for r in sets for p in r.pieces if p.ref is not None]
     lengths = np.array([p.end - p.start for p in pieces]) if pieces else np.zeros(1)
     keep = ("seed", "negative_recordings", "positive_recordings", "positive_packages",
-            "negative_packages", "catalog_references", "search_seconds", "silence_trimmed_seconds")
+            "negative_packages", "catalog_references", "search_seconds")
     return {**{k: meta[k] for k in keep if k in meta},
             "negative_hours": round(hours(results), 4),
             "negative_streams": sum(r.kind == "negative" for r in results),
@@ -136,7 +134,7 @@ def calibrate_live(args: argparse.Namespace, settings: Settings, encoder: Encode
     key = digest(RECIPE, "live-v1", settings.frontend.model_dump(), scoring, args.seed,
                  args.max_negative_hours, args.live_negative_hours, args.live_stream_hours,
                  args.live_draws, args.live_max_recordings, args.live_set_pieces, args.live_interludes,
-                 args.max_positive_recordings, *(["silence"] if args.live_keep_silence else []))
+                 args.max_positive_recordings)
     records = args.records or cache_root / f"live-records-{encoder.model_id}-{key}.json.gz"
     if records.is_file():
         meta, results = read_live_records(records)

@@ -42,14 +42,12 @@ def _joined(parts: list[tuple[np.ndarray, str | None, str]], fps: float) -> tupl
 
 
 def make_live_streams(args: argparse.Namespace, encoder: Encoder, settings: Settings, data: Data,
-                      cache: FeatureCache, progress: Any, stats: dict[str, Any]) -> Iterator[LiveStream]:
+                      cache: FeatureCache, progress: Any) -> Iterator[LiveStream]:
     """The negative streams (``--live-negative-hours`` of the negative recordings in a random
-    order, each without its leading and trailing digital silence unless
-    ``--live-keep-silence``, ``--live-stream-hours`` a stream), then the sets
-    (``--live-draws`` pieces of every positive recording, ``--live-set-pieces`` a set).
-    ``stats`` gets the seconds of silence trimmed."""
+    order, whole, digital silence included, ``--live-stream-hours`` a stream), then the sets
+    (``--live-draws`` pieces of every positive recording, ``--live-set-pieces`` a set)."""
     from streamcover.eval.detect_data import draw_reupload
-    from streamcover.eval.detect_live import LiveStream, pack, spread, trim_silence
+    from streamcover.eval.detect_live import LiveStream, pack, spread
 
     fe = encoder.frontend
     fps = float(fe.frames_per_second)
@@ -67,15 +65,9 @@ def make_live_streams(args: argparse.Namespace, encoder: Encoder, settings: Sett
         order = kept
     task = progress.add_task("live: negatives", total=len(order), note="")
     neg: list[np.ndarray] = []
-    silence = 0
     for r in order:
-        feat = cache.get(["negative", r.sha256, wire], _NegativeFeatures(_LazyAudio(r.path, wire), fe))
-        if not args.live_keep_silence:
-            feat, cut = trim_silence(feat)
-            silence += cut
-        neg.append(feat)
+        neg.append(cache.get(["negative", r.sha256, wire], _NegativeFeatures(_LazyAudio(r.path, wire), fe)))
         progress.advance(task)
-    stats["silence_trimmed_seconds"] = round(silence / fps, 1)
     for n, group in enumerate(pack([f.shape[1] / fps for f in neg], args.live_stream_hours * 3600)):
         feat, pieces = _joined([(neg[i], None, order[i].ref_id) for i in group], fps)
         yield LiveStream(f"live-negative-{n}", "negative", feat, fps, pieces)
