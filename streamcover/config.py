@@ -247,23 +247,29 @@ class MatchSettings(BaseModel):
     # "Calibration"): 1 false alarm in 12.85 h of unrelated Debian music (whole recordings and
     # 10/30/60 s uploads of them) at these points. A query of one chunk (an upload's first
     # window, or a clip shorter than a window) is judged against one_chunk_threshold: its
-    # best wrong score runs far higher (0.970; from two chunks on 0.706, the one false alarm,
-    # then 0.603), since one chunk meets every reference chunk. Both sit above the sweep's
-    # lowest point (0.97 / 0.605) by a margin for speed renders on every reference
+    # best wrong score runs far higher (0.970; from two chunks on 0.603, the one false alarm,
+    # then 0.423), since one chunk meets every reference chunk. Both are the sweep's floor
+    # (`calibrate --floor`), a margin for speed renders on every reference
     # (docs/results/2026-12-04-reference-speeds.md).
-    threshold: float = Field(0.655, ge=-1, le=1)
+    threshold: float = Field(0.50, ge=-1, le=1)
     one_chunk_threshold: float = Field(0.975, ge=-1, le=1)
     # Hysteresis: an open match is closed only when the score drops below this.
-    release_threshold: float = Field(0.524, ge=-1, le=1)
+    release_threshold: float = Field(0.40, ge=-1, le=1)
     # Live set lists work on chunk similarities (MaxMean's cosine scale), not on the fused
-    # stage-3 score: a segment opens when the MaxMean of its newest agreeing chunks reaches
-    # live_threshold; a chunk agrees with a reference when its similarity reaches
-    # chunk_threshold (also what an upload match's aligned span counts). Calibrated on real
-    # music by `streamcover calibrate --live` (docs/results/2026-12-05-live-calibration.md):
-    # no segment opened in 9.93 h of unrelated live streams, 83 of 96 set pieces found.
-    live_threshold: float = Field(0.79, ge=-1, le=1)
-    chunk_threshold: float = Field(0.53, ge=-1, le=1)
+    # stage-3 score: a segment opens when the MaxMean of its newest live_min_chunks or more
+    # agreeing chunks reaches live_threshold; a chunk agrees with a reference when its
+    # similarity reaches chunk_threshold (also what an upload match's aligned span counts).
+    # Calibrated on real music by `streamcover calibrate --live`
+    # (docs/results/2026-12-04-live-calibration.md): no segment opened in 9.97 h of unrelated
+    # live streams, 81 of 96 set pieces found; live_threshold is the sweep's floor
+    # (`--live-floor`), a margin over the highest false segment (0.765).
+    live_threshold: float = Field(0.815, ge=-1, le=1)
+    chunk_threshold: float = Field(0.65, ge=-1, le=1)
+    # Fewest query chunks an upload match needs (uploads: the one-chunk threshold covers a
+    # single chunk) and fewest agreeing chunks that open a live segment: a single chunk of
+    # unrelated music reached 0.84 on a cover-set reference in the live calibration.
     min_chunks: int = Field(1, ge=1)
+    live_min_chunks: int = Field(2, ge=1)
     # Live streams: chunks of history MaxMean looks at (the sliding horizon).
     horizon_chunks: int = Field(6, ge=1)
     # Emit an update when the score grows by at least this much.

@@ -268,10 +268,13 @@ def live_sweep(results: Sequence[LiveResult], live_thresholds: Sequence[float],
     return cells
 
 
-def choose(cells: Sequence[LiveCell], target_fa_per_hour: float) -> LiveCell | None:
-    """The operating point: within the target, the highest recall; then the fewest false
-    alarms, the smallest boundary error, the highest live threshold. None: none is within."""
-    ok = [c for c in cells if c.fa_per_hour <= target_fa_per_hour + 1e-12]
+def choose(cells: Sequence[LiveCell], target_fa_per_hour: float,
+           floor: float = -1.0) -> LiveCell | None:
+    """The operating point: within the target and at a live threshold of at least ``floor``,
+    the highest recall; then the fewest false alarms, the smallest boundary error, the
+    highest live threshold. None: none is within."""
+    ok = [c for c in cells if c.fa_per_hour <= target_fa_per_hour + 1e-12
+          and c.live_threshold >= floor - 1e-9]
     if not ok:
         return None
     return max(ok, key=lambda c: (c.recall, -c.false_alarms,

@@ -19,8 +19,8 @@ verified the hit, else MaxMean):
 Live streams (``source="live"``): set-list segmentation, on chunk similarities (the
 cosine scale of MaxMean: ``live_threshold``, ``chunk_threshold``).
   * With no open segment, the newest run of chunks that agree on one reference
-    (each chunk's sim ≥ ``chunk_threshold``) opens a segment once their MaxMean reaches
-    ``live_threshold``.
+    (each chunk's sim ≥ ``chunk_threshold``, at least ``live_min_chunks`` of them) opens a
+    segment once their MaxMean reaches ``live_threshold``.
   * An open segment continues while the newest chunk still matches its reference. It closes
     when another reference clearly takes the newest chunk, or when ``change_patience_chunks``
     chunks in a row fall below ``chunk_threshold``. Boundaries are placed midway through
@@ -312,7 +312,7 @@ class StreamMatcher:
                 else:
                     break
             run.reverse()
-            if len(run) < s.min_chunks or not run:
+            if len(run) < s.live_min_chunks or not run:
                 continue
             score = sum(self._sim(c, ref) for c in run) / len(run)
             if score < s.live_threshold:

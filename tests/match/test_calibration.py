@@ -95,6 +95,26 @@ def test_default_path_and_shipped_file() -> None:
         assert cal.false_alarms_per_hour(cal.threshold) <= 0.1 + 1e-9 or cal.at_floor(cal.threshold)
 
 
+def test_the_defaults_are_the_shipped_operating_points() -> None:
+    """config.py's thresholds are the ones the shipped calibration chose (uploads and live)."""
+    import json
+
+    from streamcover.config import MatchSettings
+
+    path = default_path(PROJECT_ROOT / "models" / "streamcover-hpcp-compact.pt")
+    doc = json.loads(path.read_text())
+    m = MatchSettings()
+    op = doc["operating_point"]
+    assert (op["one_chunk_threshold"], op["threshold"], op["release_threshold"]) == (
+        m.one_chunk_threshold, m.threshold, m.release_threshold)
+    live = doc["live"]["operating_point"]
+    assert (live["live_threshold"], live["chunk_threshold"]) == (m.live_threshold, m.chunk_threshold)
+    speeds = doc["scoring"]["reference_speeds"]
+    from streamcover.config import CatalogSettings
+
+    assert tuple(speeds) == CatalogSettings().reference_speeds
+
+
 def test_scores_equal_at_the_files_precision_are_one_point() -> None:
     """Two negatives 1e-12 apart (fused-score round-off) would be two points that the file,
     written at 5 places, shows as equal: the curve merges them and stays strictly ascending."""

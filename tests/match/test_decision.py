@@ -151,6 +151,28 @@ def test_live_three_songs_set_list_boundaries_within_one_hop() -> None:
     assert [d.kind for d in out if d.kind == "match"] == ["match"] * 3
 
 
+@pytest.mark.parametrize("need", [1, 2])
+def test_a_live_segment_needs_live_min_chunks_agreeing_chunks(need: int) -> None:
+    """One chunk that agrees with a reference by chance opens no segment at the default of
+    two; a song does, from its second chunk, with its start kept at the first."""
+    m = StreamMatcher("live-min", "live", settings(live_min_chunks=need, live_threshold=0.7,
+                                                   chunk_threshold=0.5), WIN, HOP)
+    decisions = []
+    sims = [0.9, 0.2, 0.2, 0.9, 0.9, 0.9]  # each chunk's similarity to "a"
+    for i in range(len(sims)):
+        m.add_chunk(i, i * HOP, i * HOP + WIN)
+        align = [(k * HOP, 0.0, sims[k]) for k in m.query_indices()]
+        score = sum(a[2] for a in align) / len(align)
+        decisions += m.on_window(i, i * HOP, i * HOP + WIN, [FakeHit("a", score, {}, align)])
+    opened = [d for d in decisions if d.kind == "match"]
+    if need == 1:
+        assert opened and opened[0].window_index == 0
+    else:
+        assert len(opened) == 1 and opened[0].window_index == 4
+        # the boundary sits midway through chunks 2 and 3 overlap, not at the second chunk
+        assert opened[0].stream_span[0] == pytest.approx(3 * HOP + HOP / 2)
+
+
 def test_live_gap_between_songs_closes_segment() -> None:
     songs = [("a", 0.0, 80.0), ("b", 140.0, 240.0)]  # a minute of talk in between
     m = StreamMatcher("live2", "live", settings(), WIN, HOP)

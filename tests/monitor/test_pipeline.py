@@ -100,7 +100,8 @@ def test_batched_features_decide_as_record_by_record(world: World, engine: Any) 
 
     streams = {
         "up": (world.copy_of("work-1", 41.3), "upload"),
-        "live": (np.concatenate([world.copy_of("work-0", 51.08), world.copy_of("work-2", 30.0)]), "live"),
+        # the second song is long enough for live_min_chunks (2) agreeing chunks
+        "live": (np.concatenate([world.copy_of("work-0", 51.08), world.copy_of("work-2", 41.0)]), "live"),
         "short": (world.copy_of("work-2", 23.7), "upload"),
     }
     t0 = time.time() - 3600.0
@@ -114,7 +115,7 @@ def test_batched_features_decide_as_record_by_record(world: World, engine: Any) 
     alone = [e for r in recs for e in one.process([r]).events]
     many = Pipeline(world.settings, engine)
     batched = [e for b in range(0, len(recs), 57) for e in many.process(recs[b : b + 57]).events]
-    assert len(alone) >= 10 and {e.kind for e in alone} >= {"match", "final"}
+    assert len(alone) >= 8 and {e.kind for e in alone} >= {"match", "final"}
     assert [_key(e) for e in batched] == [_key(e) for e in alone]
     for a, b in zip(batched, alone, strict=True):
         assert a.score == pytest.approx(b.score, abs=1e-6)

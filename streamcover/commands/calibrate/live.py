@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 LIVE_GRID = (0.50, 1.0, 0.005)  # live thresholds swept: from, to, step
 CHUNK_GRID = (0.40, 0.45, 0.50, 0.53, 0.56, 0.60, 0.65)
 TOP_N = 10  # hits per window, as the monitor's search returns
+# docs/results/2026-12-04-live-calibration.md: no false segment from 0.77 on; with speed
+# renders the Debian references' impostor scores rose by up to 0.049, and the cover
+# references (features only) have none in the calibration catalog.
+DEFAULT_LIVE_FLOOR = 0.815
 
 
 def add_live_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,6 +48,10 @@ def add_live_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--live-set-pieces", type=int, default=8, help="pieces per live set")
     g.add_argument("--live-interludes", type=float, default=0.5,
                    help="chance of 20-60 s of uncatalogued music between two pieces")
+    g.add_argument("--live-floor", type=float, default=DEFAULT_LIVE_FLOOR,
+                   help="lowest live threshold the sweep may pick (default %(default)s: the "
+                        "highest false segment, 0.765, plus the margin for the cover "
+                        "references' missing speed renders; 0 for none)")
 
 
 def _scoring(settings: Settings, encoder: Encoder, args: argparse.Namespace) -> dict[str, Any]:
@@ -54,7 +62,7 @@ def _scoring(settings: Settings, encoder: Encoder, args: argparse.Namespace) -> 
             "score_rule": settings.catalog.score_rule, "top_n": TOP_N,
             "window_seconds": settings.audio.window_seconds, "hop_seconds": settings.audio.hop_seconds,
             "horizon_chunks": m.horizon_chunks, "change_margin": m.change_margin,
-            "change_patience_chunks": m.change_patience_chunks, "min_chunks": m.min_chunks,
+            "change_patience_chunks": m.change_patience_chunks, "live_min_chunks": m.live_min_chunks,
             "catalog": "silent-chunks-dropped"}
 
 
@@ -152,7 +160,7 @@ def calibrate_live(args: argparse.Namespace, settings: Settings, encoder: Encode
     cells = live_sweep(results, lts, CHUNK_GRID, settings.match, settings.audio,
                        lambda: progress.advance(task))
     sweep_s = time.perf_counter() - t_sweep
-    point = choose(cells, args.target)
+    point = choose(cells, args.target, args.live_floor)
     run = settings.match.model_copy(update={"live_threshold": meta["run_live_threshold"],
                                             "chunk_threshold": meta["run_chunk_threshold"]})
     at_run = evaluate(results, run, settings.audio)
@@ -166,13 +174,14 @@ def calibrate_live(args: argparse.Namespace, settings: Settings, encoder: Encode
     scores, rates = live_curve(cells, ct)
     curve = {"chunk_threshold": ct, "score": [round(float(s), 5) for s in scores],
              "fa_per_hour": [round(float(r), 6) for r in rates]}
-    # A lever outside the swept settings: segments opened on two agreeing chunks or more
-    # (``match.min_chunks`` is shared with uploads, so it is measured here, not chosen).
-    two = settings.match.model_copy(update={"min_chunks": 2})
-    lever = choose(live_sweep(results, lts, [ct], two, settings.audio), args.target)
-    levers = {"min_chunks_2": {
+    # The setting outside the sweep, measured the other way: segments opened on a single
+    # agreeing chunk too (``match.live_min_chunks`` 1 against the default 2).
+    other = 1 if settings.match.live_min_chunks != 1 else 2
+    alt = settings.match.model_copy(update={"live_min_chunks": other})
+    lever = choose(live_sweep(results, lts, [ct], alt, settings.audio), args.target, args.live_floor)
+    levers = {f"live_min_chunks_{other}": {
         "operating_point": None if lever is None else lever.as_dict(),
-        "at_run_thresholds": evaluate(results, run.model_copy(update={"min_chunks": 2}),
+        "at_run_thresholds": evaluate(results, run.model_copy(update={"live_min_chunks": other}),
                                       settings.audio).as_dict()}}
     live = {"model_id": encoder.model_id,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
