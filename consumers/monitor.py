@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -103,7 +104,8 @@ class Monitor:
         self.consumer: Any = None
         self.transactions = PartitionProducers(settings.kafka)
         self.assigned: set[int] = set()
-        self.batches = 0
+        self.batches = 0  # batches processed (each: one transaction per partition with output)
+        self.transactions_committed = 0
         self.events_out = 0
         self.fenced = 0
         self.recovered = 0
@@ -156,8 +158,8 @@ class Monitor:
             if self.consumer is not None:
                 await asyncio.wait_for(self.consumer.stop(), 30)
         await self.transactions.close(list(self.producers))
-        log.info("monitor_stopped", batches=self.batches, events=self.events_out,
-                 fenced=self.fenced, recovered=self.recovered)
+        log.info("monitor_stopped", batches=self.batches, transactions=self.transactions_committed,
+                 events=self.events_out, fenced=self.fenced, recovered=self.recovered)
 
     # ---- the loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -170,11 +172,18 @@ class Monitor:
                                  self.settings.monitor.poll_timeout_ms)))
         poll_failing_since: float | None = None
         delays = backoff_delays()
+        interval_s = self.settings.monitor.min_batch_interval_ms / 1000.0
+        last_batch = -math.inf
         while not stop.is_set():
             if self.fatal is not None:
                 raise self.fatal
             if self._lost:
                 await self._recover()
+                continue
+            rest = last_batch + interval_s - time.monotonic()
+            if rest > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), rest)
                 continue
             try:
                 polled = await self.consumer.getmany(timeout_ms=wait_ms, max_records=4000)
@@ -200,7 +209,8 @@ class Monitor:
                 records = [r for r in records if r.partition in self.assigned and r.partition not in self._lost]
                 if not records and not idle_due:
                     continue
-                self._last_idle = time.monotonic()
+                self._last_idle = last_batch = time.monotonic()
+                self.batches += 1
                 out = await asyncio.to_thread(self.pipeline.process, records)
                 await self._commit(out)
             await self._update_lag(k.audio_topic)
@@ -250,7 +260,7 @@ class Monitor:
                     log.warning("transaction_failed", partition=p, error=f"{type(res).__name__}: {res}")
                     self._lost.add(p)
                 continue
-            self.batches += 1
+            self.transactions_committed += 1
             self.events_out += len(parts[p].events)
             self.metrics.transactions.inc()
             for ev in parts[p].events:

@@ -316,6 +316,11 @@ class MonitorSettings(BaseModel):
     instance_id: str = "0"
     # Upper bound for the seconds a poll may block, so batching and eviction stay responsive.
     poll_timeout_ms: int = Field(100, ge=1)
+    # Shortest time from one batch's start to the next: records arriving meanwhile join the
+    # next batch. Every batch is one transaction per input partition, and the broker's CPU
+    # follows the transaction rate, not the bytes (docs/monitor.md "Benchmark"); 0 processes
+    # whatever a poll returns at once.
+    min_batch_interval_ms: int = Field(0, ge=0, le=5000)
     # Reading a partition's checkpoints back at assignment: each attempt must reach the state
     # partition's end (last stable offset) within this many seconds; after this many failed
     # attempts the monitor stops with exit code 74 (docs/monitor.md "Broker faults").

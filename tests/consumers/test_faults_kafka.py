@@ -489,4 +489,4 @@ async def test_a_state_load_that_keeps_failing_stops_the_monitor(world: World, k
         await mon.stop()
     assert info.value.code == EXIT_STATE_LOAD
     assert "could not load the checkpoints of partitions" in info.value.message
-    assert mon.assigned == set() and mon.batches == 0
+    assert mon.assigned == set() and mon.transactions_committed == 0

@@ -263,6 +263,32 @@ async def test_kill9_mid_stream_then_restart_loses_and_duplicates_nothing(
     _assert_same_events(got, want)
 
 
+async def test_a_batch_interval_floor_batches_fewer_and_loses_nothing(world: World, kafka_broker: Any) -> None:
+    """With ``monitor.min_batch_interval_ms`` one batch (one transaction per partition) starts
+    at most once per interval, and the events are exactly those of one uninterrupted run."""
+    import time
+
+    from monitor_harness import reference_events
+
+    from streamcover.monitor.engine import build_engine
+
+    base = fresh_settings(world, kafka_broker, "floor")
+    settings = base.model_copy(update={"monitor": base.monitor.model_copy(update={"min_batch_interval_ms": 1000})})
+    streams = {"floor-up": (world.copy_of("work-1", 31.0), "upload"),
+               "floor-live": (world.copy_of("work-2", 31.0), "live")}
+    engine = build_engine(settings)
+    want = reference_events(settings, engine, streams)
+    async with running_monitor(settings, engine) as mon:
+        t0 = time.monotonic()
+        await asyncio.gather(*(publish(settings, sid, w, src, speed=4.0) for sid, (w, src) in streams.items()))  # type: ignore[arg-type]
+        got = await read_topic(settings, settings.kafka.match_topic, finals_for(list(streams)), 180)
+        elapsed = time.monotonic() - t0
+        batches = mon.batches
+    _assert_same_events(got, want)
+    # 62 frames each, about 8 s of sending: without the floor every poll is a batch
+    assert 0 < batches <= elapsed / 1.0 + 2, (batches, elapsed)
+
+
 @pytest.mark.slow
 async def test_two_monitors_with_a_rebalance_give_the_same_events_as_one(
     world: World, kafka_broker: Any
