@@ -127,10 +127,13 @@ class FrontEndSettings(BaseModel):
     name: Literal["cqt", "hpcp"] = "hpcp"
     # Average-pooling factor along time for the CQT (hop 512 at 22.05 kHz -> 43 frames/s).
     cqt_pool: int = Field(20, ge=1)
-    # HPCP input rate: 44100 is the shared data set's exact recipe (4096/1024 frames); 22050
-    # uses 2048/512 frames (same bins and frame times), matches it at r >= 0.9999 on real
-    # music and saves resampling the 22.05 kHz wire audio (docs/frontends.md).
-    hpcp_sample_rate: int = 44_100
+    # HPCP input rate. 22050: 2048/512 frames, the same bins and frame times as the shared
+    # data set's recipe at 44100 (4096/1024 frames), which it matches at r >= 0.9999 on real
+    # music; the monitor then takes the 22.05 kHz wire audio as it is (the resampler was 28 %
+    # of its CPU) and the FFTs halve. The calibration on real music gives the same operating
+    # points and recall either way (docs/results/2026-12-06-half-rate-hpcp.md). Catalogs
+    # made at either rate serve queries at the other.
+    hpcp_sample_rate: int = 22_050
     # HPCP profiles per frame at references 1/n semitone apart, one kept per frame by a causal
     # fold (streamcover/audio/tuning.py): 2 keeps music that sits half a semitone off the
     # 440 Hz grid (a re-upload 3 % fast or slow) from smearing over two bins; 1 is the shared
@@ -260,8 +263,8 @@ class MatchSettings(BaseModel):
     # agreeing chunks reaches live_threshold; a chunk agrees with a reference when its
     # similarity reaches chunk_threshold (also what an upload match's aligned span counts).
     # Calibrated on real music by `streamcover calibrate --live`
-    # (docs/results/2026-12-04-live-calibration.md): no segment opened in 9.97 h of unrelated
-    # live streams, 81 of 96 set pieces found; live_threshold is the sweep's floor
+    # (docs/results/2026-12-04-live-calibration.md, 2026-12-06-half-rate-hpcp.md): no segment
+    # opened in 9.97 h of unrelated live streams, 82 of 96 set pieces found; live_threshold is the sweep's floor
     # (`--live-floor`), a margin over the highest false segment (0.765).
     live_threshold: float = Field(0.815, ge=-1, le=1)
     chunk_threshold: float = Field(0.65, ge=-1, le=1)

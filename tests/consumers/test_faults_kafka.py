@@ -319,7 +319,10 @@ async def test_broker_restart_mid_stream(world: World, restartable_broker: Any, 
         # not fenced): that partition is rewound to the committed state and carries on.
         live_partition = keyed_partition("f-live", [0, 1, 2])
         await mon.producers[live_partition].stop()
-        for _ in range(120):
+        # A transaction in flight when its producer stops may fail only at the commit's timeout
+        # (2 x request_timeout_ms + 5 s = 25 s), and the rewind then reloads the partition's
+        # checkpoints: on a loaded machine (the full suite) that once took over 30 s.
+        for _ in range(360):
             if mon.recovered:
                 break
             await asyncio.sleep(0.25)

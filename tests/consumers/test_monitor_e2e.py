@@ -365,7 +365,10 @@ async def test_mic_capture_through_portaudio_matches(world: World, kafka_broker:
     import os
     import subprocess
 
-    settings = fresh_settings(world, kafka_broker, "mic")
+    base = fresh_settings(world, kafka_broker, "mic")
+    # 12 s of capture is one chunk: let one agreeing chunk open a live segment (the default,
+    # match.live_min_chunks 2, needs about 30 s of a piece), so the capture path stays short.
+    settings = base.model_copy(update={"match": base.match.model_copy(update={"live_min_chunks": 1})})
     home = _mic_home(tmp_path, world.copy_of("jingle", 13.0))
     env = {**os.environ, **world.env(settings), "HOME": str(home)}
     listed = subprocess.run(_mic_cmd("--list-devices"), env=env, capture_output=True, text=True, timeout=60)

@@ -63,7 +63,7 @@ def _scoring(settings: Settings, encoder: Encoder, args: argparse.Namespace) -> 
             "window_seconds": settings.audio.window_seconds, "hop_seconds": settings.audio.hop_seconds,
             "horizon_chunks": m.horizon_chunks, "change_margin": m.change_margin,
             "change_patience_chunks": m.change_patience_chunks, "live_min_chunks": m.live_min_chunks,
-            "catalog": "silent-chunks-dropped"}
+            "catalog": "silent-chunks-dropped", "frontend": settings.frontend.model_dump()}
 
 
 def _run(args: argparse.Namespace, settings: Settings, encoder: Encoder, cache_root: Path,
