@@ -129,10 +129,11 @@ class FrontEndSettings(BaseModel):
     cqt_pool: int = Field(20, ge=1)
     # HPCP input rate. 22050: 2048/512 frames, the same bins and frame times as the shared
     # data set's recipe at 44100 (4096/1024 frames), which it matches at r >= 0.9999 on real
-    # music; the monitor then takes the 22.05 kHz wire audio as it is (the resampler was 28 %
-    # of its CPU) and the FFTs halve. The calibration on real music gives the same operating
-    # points and recall either way (docs/results/2026-12-06-half-rate-hpcp.md). Catalogs
-    # made at either rate serve queries at the other.
+    # music; the monitor then takes the 22.05 kHz wire audio as it is (the resampler was about
+    # 30 % of its CPU) and the FFTs halve. The calibration on real music gives the same
+    # operating points and recall either way (docs/results/2026-12-06-half-rate-hpcp.md).
+    # Catalogs are not rebuilt when the rate changes: the features agree at r >= 0.9999 (a
+    # catalog at one rate queried at the other was not measured end to end).
     hpcp_sample_rate: int = 22_050
     # HPCP profiles per frame at references 1/n semitone apart, one kept per frame by a causal
     # fold (streamcover/audio/tuning.py): 2 keeps music that sits half a semitone off the
@@ -264,14 +265,15 @@ class MatchSettings(BaseModel):
     # similarity reaches chunk_threshold (also what an upload match's aligned span counts).
     # Calibrated on real music by `streamcover calibrate --live`
     # (docs/results/2026-12-04-live-calibration.md, 2026-12-06-half-rate-hpcp.md): no segment
-    # opened in 9.97 h of unrelated live streams, 82 of 96 set pieces found; live_threshold is the sweep's floor
-    # (`--live-floor`), a margin over the highest false segment (0.765).
+    # opened in 9.97 h of unrelated live streams, 82 of 96 set pieces found; live_threshold
+    # is the sweep's floor (`--live-floor`), a margin over the highest false segment (0.765).
     live_threshold: float = Field(0.815, ge=-1, le=1)
     chunk_threshold: float = Field(0.65, ge=-1, le=1)
-    # Fewest query chunks an upload match needs (uploads: the one-chunk threshold covers a
-    # single chunk) and fewest agreeing chunks that open a live segment: a single chunk of
-    # unrelated music reached 0.84 on a cover-set reference in the live calibration.
+    # Uploads: fewest query chunks a match needs (one: one_chunk_threshold judges a single
+    # chunk).
     min_chunks: int = Field(1, ge=1)
+    # Live streams: fewest agreeing chunks that open a segment (a single chunk of unrelated
+    # music reached 0.84 on a cover-set reference in the live calibration).
     live_min_chunks: int = Field(2, ge=1)
     # Live streams: chunks of history MaxMean looks at (the sliding horizon).
     horizon_chunks: int = Field(6, ge=1)
